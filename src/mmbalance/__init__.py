@@ -1,0 +1,16 @@
+"""mmbalance: multimodal models that learn from every modality.
+
+The reference implementation of the Multimodal Competition Regularizer (MCR, Kontras et
+al.) and of the balancing methods it is compared against.
+"""
+
+from . import losses
+from .errors import ConfigError, DataError, MMBalanceError, NonFiniteLossError
+from .losses import MCRLoss
+from .models import MLPEncoder, MultimodalModel
+from .types import Batch, LossTerms, ModelOutput
+
+__version__ = "0.1.0"
+
+__all__ = ["losses", "MCRLoss", "MLPEncoder", "MultimodalModel", "Batch", "LossTerms", "ModelOutput",
+           "ConfigError", "DataError", "MMBalanceError", "NonFiniteLossError", "__version__"]

@@ -1,0 +1,247 @@
+"""Run configuration: typed defaults in code, YAML and ``--set key=value`` only override.
+
+Precedence: code defaults < YAML file < ``--set``. An unknown key fails at once and lists
+the valid ones; a value of the wrong type or range fails naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Data options. The synthetic generator's knobs apply to ``--data synthetic``."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    pin_memory: bool = False
+    standardize: bool = True
+    root: Optional[str] = None
+    seed: int = 0  # data generation and split seed, independent of the run seed
+    n: int = 6000
+    shared: float = 0.1
+    unique1: float = 0.8
+    unique2: float = 0.1
+    num_classes: int = 5
+    latent_dim: int = 10
+    dim: int = 100
+    signal1: float = 1.5
+    signal2: float = 1.5
+    noise1: float = 1.0
+    noise2: float = 1.0
+    depth1: int = 1
+    depth2: int = 3
+
+
+@dataclass
+class ModelConfig:
+    """Encoders and fusion for vector data."""
+
+    fusion: str = "concat_linear"
+    fusion_hidden: int = 128
+    feature_dim: int = 100
+    hidden: int = 100
+    layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, schedule and clipping."""
+
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine (with linear warmup) | constant
+    warmup_epochs: int = 1
+    grad_clip: float = 0.0  # 0 disables; max global L2 norm otherwise
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop (Lightning) options."""
+
+    max_epochs: int = 30
+    patience: int = 8  # early stopping on the monitored validation metric; 0 disables
+    monitor: str = "accuracy"  # val metric; "mae"/"mse" are minimised
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    skip_nonfinite: bool = False
+    progress: bool = True
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``mmbalance train`` run needs."""
+
+    method: str = "joint"
+    data_spec: str = "synthetic"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    hparams: Any = None  # the method's Hyperparameters instance
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS}
+        out.update(method_name=self.method, data_spec=self.data_spec, seed=self.seed,
+                   method=dataclasses.asdict(self.hparams) if self.hparams is not None else {})
+        return out
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "trainer": TrainerConfig}
+
+
+def parse_set_items(items: Sequence[str]) -> Dict[str, Any]:
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}``; values are read as YAML scalars or lists."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested YAML mapping -> dotted keys. ``method`` sections stay one level deep."""
+    flat: Dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def load_yaml(path: str | Path) -> Dict[str, Any]:
+    """Reads a config file into dotted keys."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return flatten(tree)
+
+
+def build_config(method: str, data_spec: str = "synthetic", overrides: Optional[Mapping[str, Any]] = None,
+                 hyperparameters: Optional[type] = None) -> RunConfig:
+    """Applies dotted ``overrides`` to the code defaults and type-checks every value.
+
+    Args:
+        method: registered method name.
+        data_spec: ``synthetic``, a dataset name, or a path to a ``.npz``/``.h5`` file.
+        overrides: dotted key -> value (YAML first, then ``--set``, merged by the caller).
+        hyperparameters: the method's ``Hyperparameters`` dataclass.
+    """
+    cfg = RunConfig(method=method, data_spec=data_spec)
+    method_values: Dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if key == "seed":
+            cfg.seed = _coerce(value, int, key)
+        elif section == "method" and name:
+            method_values[name] = value
+        elif section in SECTIONS and name:
+            target = getattr(cfg, section)
+            setattr(target, name, _coerce_field(target, name, value, key))
+        else:
+            valid = ["seed"] + [f"{s}.<key>" for s in SECTIONS] + ["method.<key>"]
+            raise ConfigError(f"unknown key {key!r}; valid: {', '.join(valid)}")
+    if hyperparameters is not None:
+        hp = hyperparameters()
+        for name, value in method_values.items():
+            setattr(hp, name, _coerce_field(hp, name, value, f"method.{name}", label=f"method {method!r}"))
+        cfg.hparams = hp
+    _check_ranges(cfg)
+    return cfg
+
+
+def _coerce_field(obj: Any, name: str, value: Any, key: str, label: str = "") -> Any:
+    hints = typing.get_type_hints(type(obj))
+    if name not in hints:
+        valid = ", ".join(f.name for f in dataclasses.fields(obj)) or "(none)"
+        section = key.rsplit(".", 1)[0]
+        where = f" for {label}" if label else ""
+        raise ConfigError(f"unknown key {key!r}{where}; valid {section} keys: {valid}")
+    return _coerce(value, hints[name], key)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin in (list, tuple) or hint in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    else:
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{key} must be {name}, got {value!r}")
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    checks = [
+        ("data.batch_size", cfg.data.batch_size >= 1), ("data.n", cfg.data.n >= 10),
+        ("data.num_workers", cfg.data.num_workers >= 0), ("optim.lr", cfg.optim.lr > 0),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0), ("optim.grad_clip", cfg.optim.grad_clip >= 0),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0), ("trainer.max_epochs", cfg.trainer.max_epochs >= 1),
+        ("trainer.devices", cfg.trainer.devices >= 1), ("trainer.patience", cfg.trainer.patience >= 0),
+    ]
+    for key, ok in checks:
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"{key} is out of range: {getattr(getattr(cfg, section), name)!r}")
+    for key in ("shared", "unique1", "unique2"):
+        if not 0 <= getattr(cfg.data, key) <= 1:
+            raise ConfigError(f"data.{key} must lie in [0, 1], got {getattr(cfg.data, key)}")
+    if cfg.data.shared + cfg.data.unique1 + cfg.data.unique2 > 1 + 1e-9:
+        raise ConfigError("data.shared + data.unique1 + data.unique2 must not exceed 1")
+    if cfg.optim.name not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optim.name {cfg.optim.name!r} is unknown; valid: adam, adamw, sgd")
+    if cfg.optim.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule {cfg.optim.schedule!r} is unknown; valid: cosine, constant")

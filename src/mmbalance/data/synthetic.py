@@ -1,0 +1,92 @@
+"""The synthetic competition dataset of paper Section 4.1 (Figure 1).
+
+Each datapoint has a label ``Y ~ Uniform(C)`` and one of four types, drawn with
+probabilities ``shared``, ``unique1``, ``unique2`` and the rest ``none``:
+
+- shared: both modalities carry the label;
+- unique-1 / unique-2: only that modality carries it;
+- none: neither does.
+
+In latent space ``X_m = N_m + s_m mu_m(Y)`` where modality m carries the label and
+``X_m = N_m`` where it does not ("equating to noise"), with ``N_m ~ N(0, sigma_m^2 I)`` and
+fixed class vectors ``mu_m(c)`` (random unit vectors). A fixed, seeded map then lifts each
+modality to ``dim`` dimensions: ``x = W_1 z`` followed by ``depth_m - 1`` blocks
+``x = W_k tanh(x)``, with Gaussian ``W_k`` scaled by ``1/sqrt(fan_in)``. Deeper maps make a
+modality harder to learn. Everything is a function of ``seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError
+
+KINDS = ("shared", "unique1", "unique2", "none")
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Parameters of the generator (probabilities of the four datapoint types, signal
+    strength ``s_m``, noise scale ``sigma_m`` and map depth per modality)."""
+
+    n: int = 6000
+    shared: float = 0.1
+    unique1: float = 0.8
+    unique2: float = 0.1
+    num_classes: int = 5
+    latent_dim: int = 10
+    dim: int = 100
+    signal: Tuple[float, float] = (1.5, 1.5)
+    noise: Tuple[float, float] = (1.0, 1.0)
+    depth: Tuple[int, int] = (1, 3)
+    seed: int = 0
+
+
+def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
+    """Generates the dataset.
+
+    Returns:
+        ``x1``, ``x2``: (n, dim) float32 modalities; ``label``: (n,) int64; ``kind``: (n,)
+        index into ``KINDS``; ``split``: (n,) ``train``/``val``/``test`` (70/15/15, seeded).
+    """
+    none = 1.0 - spec.shared - spec.unique1 - spec.unique2
+    if min(spec.shared, spec.unique1, spec.unique2) < 0 or none < -1e-9:
+        raise ConfigError("synthetic shared, unique1, unique2 must be >= 0 and sum to at most 1")
+    if min(spec.depth) < 1 or spec.num_classes < 2 or spec.n < 10:
+        raise ConfigError("synthetic depth must be >= 1, num_classes >= 2 and n >= 10")
+    rng = np.random.default_rng(spec.seed)
+    labels = rng.integers(0, spec.num_classes, spec.n)
+    probs = np.array([spec.shared, spec.unique1, spec.unique2, max(none, 0.0)])
+    kind = rng.choice(4, size=spec.n, p=probs / probs.sum())
+    carries = [np.isin(kind, (0, 1)), np.isin(kind, (0, 2))]
+    out: Dict[str, np.ndarray] = {}
+    for m in range(2):
+        means = rng.standard_normal((spec.num_classes, spec.latent_dim))
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        z = spec.noise[m] * rng.standard_normal((spec.n, spec.latent_dim))
+        z += carries[m][:, None] * spec.signal[m] * means[labels]
+        out[f"x{m + 1}"] = _lift(z, spec.dim, spec.depth[m], rng).astype(np.float32)
+    out["label"] = labels.astype(np.int64)
+    out["kind"] = kind.astype(np.int64)
+    out["split"] = _split(spec.n, rng)
+    return out
+
+
+def _lift(z: np.ndarray, dim: int, depth: int, rng: np.random.Generator) -> np.ndarray:
+    x = z @ (rng.standard_normal((z.shape[1], dim)) / np.sqrt(z.shape[1]))
+    for _ in range(depth - 1):
+        x = np.tanh(x) @ (rng.standard_normal((dim, dim)) / np.sqrt(dim))
+    return x
+
+
+def _split(n: int, rng: np.random.Generator) -> np.ndarray:
+    order = rng.permutation(n)
+    split = np.empty(n, dtype="<U5")
+    n_train, n_val = int(0.7 * n), int(0.15 * n)
+    split[order[:n_train]] = "train"
+    split[order[n_train:n_train + n_val]] = "val"
+    split[order[n_train + n_val:]] = "test"
+    return split

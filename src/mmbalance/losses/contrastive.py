@@ -1,0 +1,72 @@
+"""Supervised contrastive term of MCR (paper Eq. 11 and 15, Appendix B)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def supervised_contrastive(features: Sequence[Tensor], labels: Tensor, temperature: float = 0.5,
+                           cross_modal_only: bool = False) -> Tensor:
+    """Supervised contrastive loss over the features of M modalities.
+
+    Default (the authors' code, pytorch-metric-learning's ``NTXentLoss`` on the stacked,
+    L2-normalized features of all modalities with the labels repeated): each ordered pair
+    (a, p) of distinct rows with the same label is a positive pair, and
+
+        loss(a, p) = -log( e^{s_ap/t} / (e^{s_ap/t} + sum_{n: y_n != y_a} e^{s_an/t}) ),
+
+    with s the cosine similarity, averaged over all positive pairs. Positives lie within
+    and across modalities.
+
+    ``cross_modal_only=True`` is the paper's Eq. 15: an anchor in modality a is contrasted
+    only against the rows of each other modality b, its positives are the rows of b with its
+    label (itself included), and the denominator runs over all rows of b:
+
+        loss(i) = -1/|P_i| sum_{k in P_i} log( e^{s_ik/t} / sum_j e^{s_ij/t} ),
+
+    averaged over anchors and ordered modality pairs.
+
+    Documented values on degenerate batches: with no negatives (a batch of one class) every
+    default pair loss is exactly 0; with no positive pair at all (only possible for M = 1)
+    the loss is 0. Both keep the graph, so backward works.
+
+    Args:
+        features: M tensors of shape (B, D), same D (project first when sizes differ).
+        labels: (B,) labels; equality defines positives.
+        temperature: t > 0.
+        cross_modal_only: use Eq. 15 instead of the authors' stacked NT-Xent.
+
+    Returns:
+        Scalar loss.
+    """
+    with torch.autocast(device_type=labels.device.type, enabled=False):
+        z = F.normalize(torch.cat([f.float() for f in features]), dim=-1)
+        sim = z @ z.t() / temperature
+    num_mod, batch = len(features), labels.shape[0]
+    y = labels.reshape(-1).repeat(num_mod)
+    same = y[:, None] == y[None, :]
+    if cross_modal_only:
+        return _cross_modal(sim, same, num_mod, batch)
+    eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
+    positive = same & ~eye
+    neg_lse = torch.logsumexp(sim.masked_fill(same, float("-inf")), dim=1, keepdim=True)
+    pair_loss = F.softplus(neg_lse - sim)  # = -log(e^s / (e^s + sum_neg e^s_n)); 0 if no negatives
+    pair_loss = torch.where(positive, pair_loss, torch.zeros_like(pair_loss))
+    return pair_loss.sum() / positive.sum().clamp(min=1)
+
+
+def _cross_modal(sim: Tensor, same: Tensor, num_mod: int, batch: int) -> Tensor:
+    losses = []
+    for a in range(num_mod):
+        for b in range(num_mod):
+            if a == b:
+                continue
+            rows, cols = slice(a * batch, (a + 1) * batch), slice(b * batch, (b + 1) * batch)
+            block, pos = sim[rows, cols], same[rows, cols].float()
+            log_prob = block - torch.logsumexp(block, dim=1, keepdim=True)
+            losses.append(-((log_prob * pos).sum(1) / pos.sum(1)).mean())
+    return torch.stack(losses).mean()

@@ -1,0 +1,26 @@
+"""Multi-Loss: the fused task loss plus each modality's own head's task loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..types import Batch, LossTerms, ModelOutput
+from .base import Method
+
+
+class MultiLoss(Method):
+    """``L = L_task(f(X), y) + unimodal_weight * sum_m L_task(f_um(X_m), y)``."""
+
+    name = "multiloss"
+    description = "fused loss plus a task loss on each modality's own head"
+    reference = "Wang et al., What makes training multi-modal classification networks hard? CVPR 2020"
+
+    @dataclass
+    class Hyperparameters:
+        unimodal_weight: float = 1.0
+
+    def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
+        terms = {"task": self.task_loss(out.logits, batch.labels)}
+        for m, loss in self.unimodal_losses(out, batch.labels).items():
+            terms[f"unimodal/{m}"] = self.hparams.unimodal_weight * loss
+        return LossTerms.from_terms(terms)

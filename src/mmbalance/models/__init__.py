@@ -1,0 +1,8 @@
+"""Models: encoders, fusion networks and the multimodal model."""
+
+from .encoders import MLPEncoder
+from .fusion import FUSIONS, ConcatLinear, ConcatMLP, FiLMFusion, GatedFusion, SumFusion
+from .multimodal import MultimodalModel
+
+__all__ = ["MLPEncoder", "FUSIONS", "ConcatLinear", "ConcatMLP", "FiLMFusion", "GatedFusion",
+           "SumFusion", "MultimodalModel"]

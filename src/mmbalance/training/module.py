@@ -1,0 +1,142 @@
+"""The one training loop: a LightningModule that drives any :class:`Method` through its hooks."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, PearsonCorrCoef
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from ..config import RunConfig
+from ..errors import NonFiniteLossError
+from ..methods import Method
+from ..types import Batch, LossTerms
+from .optim import LRSchedule, build_optimizer
+
+
+def _metrics(task: str, num_classes: int) -> MetricCollection:
+    if task == "regression":
+        return MetricCollection({"mae": MeanAbsoluteError(), "mse": MeanSquaredError(),
+                                 "corr": PearsonCorrCoef()})
+    return MetricCollection({"accuracy": MulticlassAccuracy(num_classes, average="micro"),
+                             "macro_f1": MulticlassF1Score(num_classes, average="macro")})
+
+
+class BalanceModule(L.LightningModule):
+    """Runs ``method`` in the shared loop: loss, gradient edits, groups, epoch and
+    validation hooks; evaluates the fused prediction and every unimodal head."""
+
+    def __init__(self, method: Method, cfg: RunConfig) -> None:
+        super().__init__()
+        self.method, self.cfg = method, cfg
+        model = method.model
+        self.task = model.task
+        make = lambda: _metrics(model.task, model.num_classes)  # noqa: E731
+        self.eval_metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({"fused": make(), **{f"uni_{m}": make() for m in model.modalities}})
+            for stage in ("val", "test")})
+        self._seen = {"val": set(), "test": set()}
+        self.nonfinite_steps = 0
+        self.last_val: Dict[str, float] = {}
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
+        inputs, labels = batch
+        b = Batch(inputs, labels)
+        out = self.method(b.inputs)
+        loss: LossTerms = self.method.training_loss(b, out)
+        if not torch.isfinite(loss.total):
+            return self._nonfinite(loss)
+        size = labels.shape[0]
+        self.log("train/loss", loss.total.detach(), prog_bar=True, batch_size=size)
+        for name, value in loss.terms.items():
+            self.log(f"train/{name}", value.detach().float(), batch_size=size)
+        for name, value in loss.logs.items():
+            self.log(f"train/{name}", float(value), batch_size=size)
+        return loss.total
+
+    def _nonfinite(self, loss: LossTerms) -> None:
+        bad = [k for k, v in loss.terms.items() if not torch.isfinite(v)] or ["total"]
+        step = self.global_step
+        if not self.cfg.trainer.skip_nonfinite:
+            raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {self.current_epoch}): "
+                                     f"term {bad[0]!r} is {float(loss.terms.get(bad[0], loss.total))}; "
+                                     "set trainer.skip_nonfinite=true to skip such steps")
+        self.nonfinite_steps += 1
+        return None
+
+    def on_after_backward(self) -> None:
+        for name, value in self.method.after_backward().items():
+            self.log(f"balance/{name}", float(value), on_step=True, on_epoch=False)
+
+    def on_train_epoch_start(self) -> None:
+        self._log_hook(self.method.on_epoch_start(self.current_epoch))
+
+    def on_train_epoch_end(self) -> None:
+        self._log_hook(self.method.on_epoch_end(self.current_epoch))
+        self.log("nonfinite_steps", float(self.nonfinite_steps))
+
+    def _log_hook(self, values: Dict[str, float]) -> None:
+        for name, value in values.items():
+            self.log(f"balance/{name}", float(value), on_step=False, on_epoch=True)
+        if values and self.trainer.lr_scheduler_configs:
+            self.trainer.lr_scheduler_configs[0].scheduler.refresh()
+
+    # --------------------------------------------------------------- evaluation
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def _evaluate(self, stage: str, batch) -> None:
+        inputs, labels = batch
+        out = self.method(inputs)
+        metrics = self.eval_metrics[stage]
+        self._update(stage, "fused", self.method.predict(out), labels)
+        for m, logits in out.unimodal_logits.items():
+            self._update(stage, f"uni_{m}", logits, labels)
+
+    def _update(self, stage: str, key: str, logits: Tensor, labels: Tensor) -> None:
+        self._seen[stage].add(key)
+        metric = self.eval_metrics[stage][key]
+        if self.task == "regression":
+            metric.update(logits.float().reshape(-1), labels.float().reshape(-1))
+        else:
+            metric.update(logits.float().argmax(-1), labels)
+
+    def _compute(self, stage: str) -> Dict[str, float]:
+        values: Dict[str, float] = {}
+        for key in sorted(self._seen[stage]):
+            metric = self.eval_metrics[stage][key]
+            computed = metric.compute()
+            suffix = "" if key == "fused" else "/" + key[4:]
+            for name, value in computed.items():
+                values[f"{name}{suffix}"] = float(value)
+            metric.reset()
+        self._seen[stage].clear()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._compute("val")
+        self.last_val = values
+        for name, value in values.items():
+            self.log(f"val/{name}", value if math.isfinite(value) else 0.0, prog_bar=name == "accuracy")
+        self._log_hook(self.method.on_validation_end(values))
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self._compute("test").items():
+            self.log(f"test/{name}", value)
+
+    # ---------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.method.param_groups(), self.cfg.optim)
+        schedule = LRSchedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step()

@@ -1,0 +1,68 @@
+"""Optimizers and the warmup + cosine schedule, built from a method's parameter groups."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List
+
+import torch
+
+from ..config import OptimConfig
+
+
+def build_optimizer(groups: List[Dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD over ``groups``; a group's ``lr_scale`` (default 1) multiplies
+    ``cfg.lr`` and stays in the group so that a method can change it later."""
+    prepared = []
+    for group in groups:
+        group = dict(group)
+        group.setdefault("lr_scale", 1.0)
+        group["lr"] = cfg.lr * group["lr_scale"]
+        group.setdefault("base_lr", cfg.lr)
+        prepared.append(group)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(prepared, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return kind(prepared, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine(epoch: int, warmup_epochs: int, max_epochs: int) -> float:
+    """LR factor at ``epoch``: linear warmup from ``1/(w+1)`` to 1, then cosine to 0."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    span = max(1, max_epochs - warmup_epochs)
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup_epochs, span) / span))
+
+
+class LRSchedule:
+    """Per-epoch schedule that respects each group's ``lr_scale`` (checkpointable)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_epochs: int) -> None:
+        self.optimizer, self.cfg, self.max_epochs = optimizer, cfg, max_epochs
+        self.epoch = 0
+        self._apply()
+
+    def factor(self) -> float:
+        if self.cfg.schedule == "constant":
+            return 1.0
+        return warmup_cosine(self.epoch, self.cfg.warmup_epochs, self.max_epochs)
+
+    def _apply(self) -> None:
+        f = self.factor()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * group["lr_scale"] * f
+
+    def step(self) -> None:
+        self.epoch += 1
+        self._apply()
+
+    def refresh(self) -> None:
+        """Re-applies the factor after a method changed an ``lr_scale``."""
+        self._apply()
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.epoch = state["epoch"]
+        self._apply()
