@@ -46,6 +46,7 @@ class DataConfig:
 class ModelConfig:
     """Encoders and fusion for vector data."""
 
+    encoder: Optional[str] = None  # encoder name for every modality; None: by dataset/shape
     fusion: str = "concat_linear"
     fusion_hidden: int = 128
     feature_dim: int = 100

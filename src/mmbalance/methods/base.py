@@ -10,7 +10,7 @@ State that must survive a checkpoint lives in buffers, parameters, or
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, List, Mapping
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,13 +70,17 @@ class Method(nn.Module):
         """Optimizer parameter groups (extra keys such as ``lr_scale`` are allowed)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def on_epoch_start(self, epoch: int) -> Dict[str, float]:
-        """Called before each training epoch; returns values to log."""
+    def on_epoch_start(self, epoch: int, train_loader: Optional[Iterable] = None) -> Dict[str, float]:
+        """Called before each training epoch with the training loader (for methods that
+        need a pass over training data, e.g. prototypes); returns values to log."""
         return {}
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         """Called after each training epoch; returns values to log."""
         return {}
+
+    def on_validation_batch(self, out: ModelOutput, labels: Tensor) -> None:
+        """Sees each validation batch's output (for methods that keep their own statistics)."""
 
     def on_validation_end(self, metrics: Mapping[str, float]) -> Dict[str, float]:
         """Called with the validation metrics of each epoch; returns values to log."""
@@ -92,6 +96,16 @@ class Method(nn.Module):
     def unimodal_losses(self, out: ModelOutput, labels: Tensor) -> Dict[str, Tensor]:
         """Modality -> task loss of that modality's own head."""
         return {m: self.task_loss(z, labels) for m, z in out.unimodal_logits.items()}
+
+    @staticmethod
+    def all_reduce_mean(value: Tensor) -> Tensor:
+        """Mean of ``value`` over DDP ranks (itself when not distributed), so that every rank
+        applies the same balancing coefficients and the weights stay identical."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            value = value.detach().clone()
+            torch.distributed.all_reduce(value)
+            value /= torch.distributed.get_world_size()
+        return value
 
     @classmethod
     def hyperparameter_defaults(cls) -> Dict[str, Any]:

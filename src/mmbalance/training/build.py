@@ -8,14 +8,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
-from ..data import ArrayDataset, MultimodalArrays, SyntheticSpec, from_arrays, load_array_file, make_synthetic
+from ..data import DATASETS, DataBundle, SyntheticSpec, from_arrays, load_array_file, make_synthetic
 from ..errors import ConfigError
 from ..methods import Method, get_method
-from ..models import MLPEncoder, MultimodalModel
+from ..models import MultimodalModel, build_encoder, default_encoder
 
 
-def build_data(cfg: RunConfig) -> MultimodalArrays:
-    """Loads ``cfg.data_spec``: ``synthetic`` or a path to a ``.npz``/``.h5`` file."""
+def build_data(cfg: RunConfig) -> DataBundle:
+    """Loads ``cfg.data_spec``: ``synthetic``, a built-in dataset name (with ``data.root``),
+    or a path to a ``.npz``/``.h5`` file."""
     d = cfg.data
     if cfg.data_spec == "synthetic":
         spec = SyntheticSpec(n=d.n, shared=d.shared, unique1=d.unique1, unique2=d.unique2,
@@ -23,22 +24,27 @@ def build_data(cfg: RunConfig) -> MultimodalArrays:
                              signal=(d.signal1, d.signal2), noise=(d.noise1, d.noise2),
                              depth=(d.depth1, d.depth2), seed=d.seed)
         arrays = make_synthetic(spec)
-        return from_arrays({"x1": arrays["x1"], "x2": arrays["x2"]}, arrays["label"], arrays["split"],
+        data = from_arrays({"x1": arrays["x1"], "x2": arrays["x2"]}, arrays["label"], arrays["split"],
                            standardize=d.standardize, source="synthetic", extras={"kind": arrays["kind"]})
+        return DataBundle.from_arrays(data)
+    if cfg.data_spec in DATASETS:
+        return DATASETS[cfg.data_spec](d)
     path = Path(cfg.data_spec)
     if path.suffix in (".npz", ".h5", ".hdf5") or path.exists():
-        return load_array_file(path, standardize=d.standardize, seed=d.seed)
-    raise ConfigError(f"--data {cfg.data_spec!r} is neither 'synthetic' nor a .npz/.h5 file")
+        return DataBundle.from_arrays(load_array_file(path, standardize=d.standardize, seed=d.seed))
+    valid = ", ".join(["synthetic", *DATASETS])
+    raise ConfigError(f"--data {cfg.data_spec!r} is not a dataset name ({valid}) nor a .npz/.h5 file")
 
 
-def build_model(data: MultimodalArrays, cfg: RunConfig) -> MultimodalModel:
-    """MLP encoders on (flattened) features and the configured fusion."""
-    m = cfg.model
+def build_model(data: DataBundle, cfg: RunConfig) -> MultimodalModel:
+    """One encoder per modality (``model.encoder``, else the dataset's choice, else by
+    shape) and the configured fusion."""
     encoders = {}
     for name, shape in data.shapes.items():
-        in_dim = int(torch.tensor(shape).prod()) if shape else 1
-        encoders[name] = MLPEncoder(in_dim, m.feature_dim, m.hidden, m.layers, m.dropout)
-    return MultimodalModel(encoders, data.num_classes, fusion=m.fusion, fusion_hidden=m.fusion_hidden)
+        choice = cfg.model.encoder or data.encoders.get(name) or default_encoder(shape)
+        encoders[name] = build_encoder(choice, shape, cfg.model)
+    return MultimodalModel(encoders, data.num_classes, fusion=cfg.model.fusion,
+                           fusion_hidden=cfg.model.fusion_hidden)
 
 
 def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:
@@ -46,10 +52,10 @@ def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:
     return get_method(cfg.method)(model, cfg.hparams)
 
 
-def loaders(data: MultimodalArrays, cfg: RunConfig, seed: int):
+def loaders(data: DataBundle, cfg: RunConfig, seed: int):
     """Train (shuffled with a seeded generator), val and test loaders."""
     kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
               persistent_workers=cfg.data.num_workers > 0)
     gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(ArrayDataset(data, "train"), shuffle=True, generator=gen, **kw)
-    return train, DataLoader(ArrayDataset(data, "val"), **kw), DataLoader(ArrayDataset(data, "test"), **kw)
+    return (DataLoader(data.train, shuffle=True, generator=gen, **kw), DataLoader(data.val, **kw),
+            DataLoader(data.test, **kw))

@@ -74,7 +74,7 @@ class BalanceModule(L.LightningModule):
             self.log(f"balance/{name}", float(value), on_step=True, on_epoch=False)
 
     def on_train_epoch_start(self) -> None:
-        self._log_hook(self.method.on_epoch_start(self.current_epoch))
+        self._log_hook(self.method.on_epoch_start(self.current_epoch, self.trainer.train_dataloader))
 
     def on_train_epoch_end(self) -> None:
         self._log_hook(self.method.on_epoch_end(self.current_epoch))
@@ -97,6 +97,8 @@ class BalanceModule(L.LightningModule):
         inputs, labels = batch
         out = self.method(inputs)
         metrics = self.eval_metrics[stage]
+        if stage == "val":
+            self.method.on_validation_batch(out, labels)
         self._update(stage, "fused", self.method.predict(out), labels)
         for m, logits in out.unimodal_logits.items():
             self._update(stage, f"uni_{m}", logits, labels)

@@ -50,6 +50,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.exists():
         raise ConfigError(f"--resume: no checkpoint at {last}")
+    import yaml
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     module = BalanceModule(build_method(cfg, build_model(data, cfg)), cfg)
