@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny synthetic data and configurations that train in seconds."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from mmbalance.config import build_config
+from mmbalance.methods import get_method
+
+TINY = {"data.n": 300, "data.dim": 16, "data.latent_dim": 4, "data.batch_size": 16, "model.feature_dim": 8,
+        "model.hidden": 16, "trainer.max_epochs": 2, "trainer.progress": False, "trainer.patience": 0}
+
+
+def tiny_config(method: str, **overrides):
+    """A run configuration for ``method`` on a 300-point synthetic set; ``overrides`` use
+    ``__`` for dots (``trainer__max_epochs=1``)."""
+    values = dict(TINY)
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return build_config(method, "synthetic", values, get_method(method).Hyperparameters)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|LeafSpec|litlogger|bottleneck).*")
+        yield
