@@ -1,0 +1,117 @@
+"""Supervised contrastive term: brute-force loops and pytorch-metric-learning's NTXentLoss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmbalance.losses import supervised_contrastive
+
+
+def _brute_ntxent(features, labels, t):
+    z = F.normalize(torch.cat(features), dim=-1).tolist()
+    y = labels.tolist() * len(features)
+    sim = [[sum(a * b for a, b in zip(zi, zj)) / t for zj in z] for zi in z]
+    losses = []
+    for a in range(len(z)):
+        negs = [math.exp(sim[a][n]) for n in range(len(z)) if y[n] != y[a]]
+        for p in range(len(z)):
+            if p != a and y[p] == y[a]:
+                e = math.exp(sim[a][p])
+                losses.append(-math.log(e / (e + sum(negs))))
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+def _brute_eq15(features, labels, t):
+    zs = [F.normalize(f, dim=-1).tolist() for f in features]
+    y = labels.tolist()
+    out = []
+    for a in range(len(zs)):
+        for b in range(len(zs)):
+            if a == b:
+                continue
+            per_anchor = []
+            for i, zi in enumerate(zs[a]):
+                s = [sum(u * v for u, v in zip(zi, zj)) / t for zj in zs[b]]
+                log_z = math.log(sum(math.exp(v) for v in s))
+                pos = [k for k in range(len(y)) if y[k] == y[i]]
+                per_anchor.append(-sum(s[k] - log_z for k in pos) / len(pos))
+            out.append(sum(per_anchor) / len(per_anchor))
+    return sum(out) / len(out)
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    return [torch.randn(6, 4), torch.randn(6, 4)], torch.tensor([0, 1, 0, 2, 1, 0])
+
+
+def test_matches_brute_force(batch):
+    feats, labels = batch
+    assert supervised_contrastive(feats, labels, 0.5).item() == pytest.approx(_brute_ntxent(feats, labels, 0.5),
+                                                                              rel=1e-5)
+
+
+def test_matches_pytorch_metric_learning(batch):
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    feats, labels = batch
+    reference = losses.NTXentLoss(temperature=0.5)(torch.cat(feats), labels.repeat(2))
+    assert supervised_contrastive(feats, labels, 0.5).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_three_modalities_against_pml():
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    torch.manual_seed(3)
+    feats, labels = [torch.randn(5, 3) for _ in range(3)], torch.tensor([0, 1, 1, 2, 0])
+    reference = losses.NTXentLoss(temperature=0.2)(torch.cat(feats), labels.repeat(3))
+    assert supervised_contrastive(feats, labels, 0.2).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_cross_modal_only_is_eq15(batch):
+    feats, labels = batch
+    got = supervised_contrastive(feats, labels, 0.5, cross_modal_only=True)
+    assert got.item() == pytest.approx(_brute_eq15(feats, labels, 0.5), rel=1e-5)
+
+
+def test_single_class_batch_is_zero_and_differentiable():
+    feats = [torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)]
+    loss = supervised_contrastive(feats, torch.zeros(4, dtype=torch.long))
+    assert loss.item() == 0.0  # no negatives: every pair loss is -log(1)
+    loss.backward()
+    assert torch.isfinite(feats[0].grad).all()
+
+
+def test_singleton_class_is_finite():
+    # class 2 has one sample: its only positive is itself in the other modality
+    feats, labels = [torch.randn(3, 4), torch.randn(3, 4)], torch.tensor([0, 0, 2])
+    assert math.isfinite(supervised_contrastive(feats, labels).item())
+    assert supervised_contrastive(feats, labels).item() == pytest.approx(_brute_ntxent(feats, labels, 0.5), rel=1e-5)
+
+
+def test_learnability():
+    torch.manual_seed(0)
+    feats = [torch.randn(8, 4, requires_grad=True), torch.randn(8, 4, requires_grad=True)]
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    opt = torch.optim.Adam(feats, lr=0.05)
+    start = supervised_contrastive(feats, labels).item()
+    for _ in range(20):
+        opt.zero_grad()
+        loss = supervised_contrastive(feats, labels)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * start
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=8), st.integers(0, 2**16))
+def test_finite_for_any_labels(labels, seed):
+    torch.manual_seed(seed)
+    y = torch.tensor(labels)
+    feats = [torch.randn(len(labels), 3), torch.zeros(len(labels), 3)]  # an all-zero modality too
+    for cross in (False, True):
+        assert math.isfinite(supervised_contrastive(feats, y, cross_modal_only=cross).item())
