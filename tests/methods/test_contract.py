@@ -26,7 +26,7 @@ def test_method_contract(name, tmp_path):
     module, data, cfg = _module(name)
     before = {k: v.detach().clone() for k, v in module.method.named_parameters()}
     in_optimizer = {id(p) for g in module.method.param_groups() for p in g["params"]}
-    train_dl, val_dl, _ = loaders(data, cfg, 0)
+    _, (train_dl, val_dl, _) = loaders(data, cfg, 0)
     losses = []
 
     class Record(L.Callback):

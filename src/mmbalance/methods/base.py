@@ -70,6 +70,11 @@ class Method(nn.Module):
         """Optimizer parameter groups (extra keys such as ``lr_scale`` are allowed)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def update_param_groups(self, groups: List[Dict[str, Any]]) -> None:
+        """Edits the optimizer's live parameter groups (for example a group's ``lr_scale``);
+        called after an epoch or validation hook returned values, before the schedule
+        re-applies every group's ``lr_scale``."""
+
     def on_epoch_start(self, epoch: int, train_loader: Optional[Iterable] = None) -> Dict[str, float]:
         """Called before each training epoch with the training loader (for methods that
         need a pass over training data, e.g. prototypes); returns values to log."""

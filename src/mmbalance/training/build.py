@@ -53,9 +53,10 @@ def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:
 
 
 def loaders(data: DataBundle, cfg: RunConfig, seed: int):
-    """Train (shuffled with a seeded generator), val and test loaders."""
+    """The train loader's shuffle generator (checkpointed for exact resume), and the train
+    (shuffled), val and test loaders."""
     kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
               persistent_workers=cfg.data.num_workers > 0)
     gen = torch.Generator().manual_seed(seed)
-    return (DataLoader(data.train, shuffle=True, generator=gen, **kw), DataLoader(data.val, **kw),
+    return gen, (DataLoader(data.train, shuffle=True, generator=gen, **kw), DataLoader(data.val, **kw),
             DataLoader(data.test, **kw))

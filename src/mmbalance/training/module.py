@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Dict, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, PearsonCorrCoef
@@ -26,6 +28,12 @@ def _metrics(task: str, num_classes: int) -> MetricCollection:
                              "macro_f1": MulticlassF1Score(num_classes, average="macro")})
 
 
+def _numpy_state():
+    """NumPy's global RNG state with its key array as a tensor (safe for weights-only loads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
 class BalanceModule(L.LightningModule):
     """Runs ``method`` in the shared loop: loss, gradient edits, groups, epoch and
     validation hooks; evaluates the fused prediction and every unimodal head."""
@@ -42,6 +50,29 @@ class BalanceModule(L.LightningModule):
         self._seen = {"val": set(), "test": set()}
         self.nonfinite_steps = 0
         self.last_val: Dict[str, float] = {}
+        self.loader_generator: Optional[torch.Generator] = None  # the train loader's shuffle RNG
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict) -> None:
+        """Adds what an exact resume needs beyond weights/optimizer/schedule: RNG streams
+        (permutations, dropout, data order) and the non-finite step count."""
+        checkpoint["mmbalance"] = {
+            "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(), "python_rng": random.getstate(),
+            "loader_rng": self.loader_generator.get_state() if self.loader_generator is not None else None,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict) -> None:
+        state = checkpoint.get("mmbalance")
+        if not state:
+            return
+        torch.set_rng_state(state["torch_rng"])
+        kind, keys, pos, has_gauss, gauss = state["numpy_rng"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python_rng"])
+        if state["loader_rng"] is not None and self.loader_generator is not None:
+            self.loader_generator.set_state(state["loader_rng"])
+        self.nonfinite_steps = state["nonfinite_steps"]
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
@@ -84,7 +115,9 @@ class BalanceModule(L.LightningModule):
         for name, value in values.items():
             self.log(f"balance/{name}", float(value), on_step=False, on_epoch=True)
         if values and self.trainer.lr_scheduler_configs:
-            self.trainer.lr_scheduler_configs[0].scheduler.refresh()
+            scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+            self.method.update_param_groups(scheduler.optimizer.param_groups)
+            scheduler.refresh()
 
     # --------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -55,7 +55,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     module = BalanceModule(build_method(cfg, build_model(data, cfg)), cfg)
-    train_dl, val_dl, test_dl = loaders(data, cfg, cfg.seed)
+    module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
     trainer, checkpoint = _trainer(cfg, out)
     start = time.perf_counter()
     with warnings.catch_warnings():

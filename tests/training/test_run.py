@@ -1,0 +1,59 @@
+"""The training loop end to end: outputs, early stopping, best-checkpoint test, resume, seeds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mmbalance.training import train
+
+from ..conftest import tiny_config
+
+
+def test_outputs_and_best_checkpoint_is_tested(tmp_path):
+    cfg = tiny_config("multiloss", trainer__max_epochs=4)
+    metrics = train(cfg, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics, default=str))
+    for key in ("method", "seed", "config", "val", "test"):
+        assert key in saved
+    assert 0.0 <= saved["test"]["accuracy"] <= 1.0 and "accuracy/x1" in saved["test"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "checkpoints" / "best.ckpt").exists()
+    with open(tmp_path / "logs" / "metrics.csv") as f:
+        per_epoch = [float(r["val/accuracy"]) for r in csv.DictReader(f) if r.get("val/accuracy")]
+    assert len(per_epoch) == 5  # 4 epochs, then the re-validation of the best checkpoint
+    assert saved["val"]["accuracy"] == pytest.approx(max(per_epoch[:4]), abs=1e-6)  # best epoch restored
+    assert per_epoch[4] == pytest.approx(max(per_epoch[:4]), abs=1e-6)  # best epoch restored
+
+
+def test_early_stopping_stops(tmp_path):
+    cfg = tiny_config("joint", trainer__max_epochs=20, trainer__patience=2, optim__lr=1e-12)
+    metrics = train(cfg, tmp_path)
+    assert metrics["epochs_run"] == 3  # no improvement after epoch 0: stops after patience epochs
+
+
+def test_same_seed_same_metrics_and_resume_matches(tmp_path):
+    full = train(tiny_config("mcr", trainer__max_epochs=3), tmp_path / "full")
+    again = train(tiny_config("mcr", trainer__max_epochs=3), tmp_path / "again")
+    assert full["test"] == again["test"] and full["val"] == again["val"]
+    train(tiny_config("mcr", trainer__max_epochs=1), tmp_path / "split")
+    resumed = train(tiny_config("mcr", trainer__max_epochs=3), tmp_path / "split", resume=True)
+    assert resumed["test"] == full["test"] and resumed["val"] == full["val"]
+
+
+def test_regression_task(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.normal(size=n).astype(np.float32)
+    path = tmp_path / "reg.npz"
+    np.savez(path, a=(y[:, None] + rng.normal(size=(n, 3))).astype(np.float32),
+             b=rng.normal(size=(n, 4)).astype(np.float32), label=y)
+    from mmbalance.config import build_config
+    from mmbalance.methods import get_method
+    cfg = build_config("mcr", str(path), {"trainer.max_epochs": 2, "trainer.monitor": "mae", "trainer.progress": False,
+                                          "model.feature_dim": 8, "model.hidden": 8}, get_method("mcr").Hyperparameters)
+    metrics = train(cfg, tmp_path / "run")
+    assert {"mae", "mse", "corr"} <= set(metrics["test"])
