@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any, Dict
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..methods import get_method
 from .build import build_data, build_method, build_model, loaders
 from .module import BalanceModule
 
@@ -40,7 +43,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
 
     Checkpoints go to ``out_dir/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` on
     the monitored validation metric); the test split is scored with the best checkpoint.
-    ``resume=True`` continues from ``last.ckpt``.
+    ``resume=True`` continues from ``last.ckpt``. Pipeline methods (``ensemble``,
+    ``unipre_*``) first run their stages in ``out_dir/stages/<name>``; with ``resume``,
+    finished stages are skipped and an interrupted one continues.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -48,20 +53,25 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
+    method_cls = get_method(cfg.method)
+    pipeline = getattr(method_cls, "is_pipeline", False)
+    if resume and not last.exists() and not (pipeline and (out / "stages").exists()):
         raise ConfigError(f"--resume: no checkpoint at {last}")
-    import yaml
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    stages = _run_stages(cfg, method_cls, out, resume) if pipeline else {}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
-    module = BalanceModule(build_method(cfg, build_model(data, cfg)), cfg)
+    method = build_method(cfg, build_model(data, cfg))
+    if stages:
+        method.load_stages({name: out / "stages" / name / "checkpoints" / "best.ckpt" for name in stages})
+    module = BalanceModule(method, cfg)
     module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
     trainer, checkpoint = _trainer(cfg, out)
     start = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*ckpt_path.*")
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec).*")
+        if getattr(method_cls, "trains_final", True):
+            trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
         seconds = time.perf_counter() - start
         best = checkpoint.best_model_path or None
         val = trainer.validate(module, val_dl, ckpt_path=best, verbose=False)[0]
@@ -70,12 +80,32 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
         "method": cfg.method, "seed": cfg.seed, "data": cfg.data_spec, "config": cfg.to_dict(),
         "val": _strip(val, "val/"), "test": _strip(test, "test/"),
         "best_checkpoint": Path(best).name if best else None, "epochs_run": trainer.current_epoch,
-        "train_seconds": round(seconds, 3), "nonfinite_steps": module.nonfinite_steps,
-        "optimizer": cfg.optim.name,
+        "train_seconds": round(seconds + sum(m["train_seconds"] for m in stages.values()), 3),
+        "nonfinite_steps": module.nonfinite_steps, "optimizer": cfg.optim.name,
     }
+    if stages:
+        metrics["stages"] = {name: {k: m[k] for k in ("method", "val", "test", "train_seconds")}
+                             for name, m in stages.items()}
     if trainer.is_global_zero:
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def _run_stages(cfg: RunConfig, method_cls, out: Path, resume: bool) -> Dict[str, Dict[str, Any]]:
+    """Runs (or, on resume, skips or continues) each stage of a pipeline method."""
+    results: Dict[str, Dict[str, Any]] = {}
+    for stage in method_cls.stages(list(build_data(cfg).shapes)):
+        stage_dir = out / "stages" / stage.name
+        done = stage_dir / "metrics.json"
+        if resume and done.exists():
+            results[stage.name] = json.loads(done.read_text())
+            continue
+        stage_method = get_method(stage.method)
+        stage_cfg = dataclasses.replace(cfg, method=stage.method,
+                                        hparams=stage_method.Hyperparameters(**stage.hparams))
+        partial = resume and (stage_dir / "checkpoints" / "last.ckpt").exists()
+        results[stage.name] = train(stage_cfg, stage_dir, resume=partial)
+    return results
 
 
 def _trainer(cfg: RunConfig, out: Path):
