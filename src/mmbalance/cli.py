@@ -14,7 +14,7 @@ from .errors import MMBalanceError
 
 #: Modules that add sub-commands: each has ``register(subparsers)``, which adds its parsers
 #: with ``set_defaults(func=callable(args) -> int)``. Import work stays inside ``func``.
-COMMAND_MODULES: List[str] = []
+COMMAND_MODULES: List[str] = ["mmbalance.bench.cli", "mmbalance.analysis.cli", "mmbalance.data.throughput"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="synthetic, or a path to a .npz/.h5 file")
     t.add_argument("--method", required=True)
     t.add_argument("--config", help="YAML file of overrides")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, applied after --config")
+    t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides, applied after --config (repeatable)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     t.set_defaults(func=cmd_train)

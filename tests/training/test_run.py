@@ -21,7 +21,7 @@ def test_outputs_and_best_checkpoint_is_tested(tmp_path):
         assert key in saved
     assert 0.0 <= saved["test"]["accuracy"] <= 1.0 and "accuracy/x1" in saved["test"]
     assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "checkpoints" / "best.ckpt").exists()
-    with open(tmp_path / "logs" / "metrics.csv") as f:
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv") as f:
         per_epoch = [float(r["val/accuracy"]) for r in csv.DictReader(f) if r.get("val/accuracy")]
     assert len(per_epoch) == 5  # 4 epochs, then the re-validation of the best checkpoint
     assert saved["val"]["accuracy"] == pytest.approx(max(per_epoch[:4]), abs=1e-6)  # best epoch restored

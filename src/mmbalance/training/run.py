@@ -18,16 +18,22 @@ from lightning.pytorch.loggers import CSVLogger
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..methods import get_method
+from .checkpoint_io import AtomicCheckpointIO
 from .build import build_data, build_method, build_model, loaders
 from .module import BalanceModule
+from .probe import probe_callbacks, probe_metrics
+from ..analysis.predictions import save_predictions
 
 MINIMISED = ("mae", "mse")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and a rename."""
+    """Writes ``text`` to ``path`` via a temporary file, fsync and a rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -64,7 +70,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     method = build_method(cfg, build_model(data, cfg))
     if stages:
         method.load_stages({name: out / "stages" / name / "checkpoints" / "best.ckpt" for name in stages})
-    module = BalanceModule(method, cfg)
+    module = BalanceModule(method, cfg, metrics=data.metrics)
     module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
     trainer, checkpoint = _trainer(cfg, out)
     start = time.perf_counter()
@@ -86,7 +92,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     if stages:
         metrics["stages"] = {name: {k: m[k] for k in ("method", "val", "test", "train_seconds")}
                              for name, m in stages.items()}
+    metrics.update(probe_metrics(trainer))
     if trainer.is_global_zero:
+        save_predictions(module.method, test_dl, out)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
     return metrics
 
@@ -114,13 +122,13 @@ def _trainer(cfg: RunConfig, out: Path):
     mode = "min" if t.monitor in MINIMISED else "max"
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [checkpoint]
+    callbacks = [checkpoint, *probe_callbacks(cfg, out)]
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.patience))
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=_strategy(cfg),
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(out), name="logs", version=""), num_sanity_val_steps=0,
+        logger=CSVLogger(save_dir=str(out), name="logs"), num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
         gradient_clip_val=cfg.optim.grad_clip or None, enable_progress_bar=t.progress,
         enable_model_summary=False, log_every_n_steps=t.log_every_n_steps, default_root_dir=str(out))
     return trainer, checkpoint
