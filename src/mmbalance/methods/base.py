@@ -117,6 +117,13 @@ class Method(nn.Module):
         """Name -> default of every hyperparameter."""
         return {f.name: f.default for f in dataclasses.fields(cls.Hyperparameters)}
 
+    @classmethod
+    def search_space(cls, trial: Any) -> Dict[str, Any]:
+        """What ``mmbalance tune`` searches: an Optuna ``trial`` -> dotted override keys
+        (``"optim.lr"``, ``"method.<name>"``). Default: the learning rate only; a method
+        with its own hyperparameters extends it (``space = super().search_space(trial)``)."""
+        return {"optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)}
+
 
 def zero_like_loss(out: ModelOutput) -> Tensor:
     return torch.zeros((), device=out.logits.device)

@@ -34,6 +34,13 @@ class Ensemble(PipelineMethod):
     class Hyperparameters:
         combine: str = "standardized_sum"
 
+    @classmethod
+    def search_space(cls, trial):
+        """The learning rate (of the unimodal stages) and the combination rule."""
+        space = super().search_space(trial)
+        space["method.combine"] = trial.suggest_categorical("method.combine", list(COMBINERS))
+        return space
+
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
         if self.hparams.combine not in COMBINERS:

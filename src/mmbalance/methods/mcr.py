@@ -43,6 +43,15 @@ class MCR(Method):
         kwargs = {k: v for k, v in vars(self.hparams).items() if k != "unimodal_weight"}
         self.regularizer = MCRLoss(**kwargs).bind(model)
 
+    @classmethod
+    def search_space(cls, trial):
+        """The learning rate, the MIPD game weight and the contrastive weight (log scale
+        around the paper's 0.1 and 1.0)."""
+        space = super().search_space(trial)
+        space["method.mipd_weight"] = trial.suggest_float("method.mipd_weight", 0.01, 1.0, log=True)
+        space["method.contrastive_weight"] = trial.suggest_float("method.contrastive_weight", 0.05, 5.0, log=True)
+        return space
+
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
         terms = {"task": self.task_loss(out.logits, batch.labels)}
         for m, loss in self.unimodal_losses(out, batch.labels).items():

@@ -19,6 +19,13 @@ class MultiLoss(Method):
     class Hyperparameters:
         unimodal_weight: float = 1.0
 
+    @classmethod
+    def search_space(cls, trial):
+        """The learning rate and the weight of the unimodal losses."""
+        space = super().search_space(trial)
+        space["method.unimodal_weight"] = trial.suggest_float("method.unimodal_weight", 0.1, 10.0, log=True)
+        return space
+
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
         terms = {"task": self.task_loss(out.logits, batch.labels)}
         for m, loss in self.unimodal_losses(out, batch.labels).items():

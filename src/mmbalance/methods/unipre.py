@@ -54,6 +54,13 @@ class UniPreFinetuned(_UniPre):
     class Hyperparameters:
         encoder_lr_scale: float = 0.1
 
+    @classmethod
+    def search_space(cls, trial):
+        """The learning rate and the encoders' learning-rate scale (paper A.4: 0.1)."""
+        space = super().search_space(trial)
+        space["method.encoder_lr_scale"] = trial.suggest_float("method.encoder_lr_scale", 0.01, 1.0, log=True)
+        return space
+
     def param_groups(self) -> List[Dict[str, Any]]:
         encoders = [p for m in self.model.modalities for p in self.model.modality_parameters(m)]
         ids = {id(p) for p in encoders}
