@@ -49,6 +49,15 @@ def test_method_contract(name, tmp_path):
             assert changed, f"{name}: {pname} had a gradient but did not change"
     assert any(not torch.equal(before[n], p) for n, p in module.method.named_parameters())
 
+    twin, _, _ = _module(name)  # same seed, same steps: bit-identical on CPU
+    _, (twin_dl, twin_val, _) = loaders(data, cfg, 0)
+    L.Trainer(max_steps=3, limit_val_batches=2, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+              val_check_interval=3).fit(twin, twin_dl, twin_val)
+    for key, value in module.method.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, twin.method.state_dict()[key]), f"{name}: {key} not deterministic"
+
     path = tmp_path / "state.ckpt"
     trainer.save_checkpoint(path)
     fresh, _, _ = _module(name, seed=1)

@@ -176,7 +176,7 @@ def _splits(source: str, split, labels: np.ndarray, task: str, seed: int) -> Dic
     unknown = sorted(set(np.unique(split)) - set(SPLITS))
     if unknown:
         idx = int(np.argmax(~np.isin(split, SPLITS)))
-        raise DataError(f"{source}: 'split' value {unknown[0]!r} at index {idx} is unknown; valid: train, val, test")
+        raise DataError(f"{source}: 'split' value {str(unknown[0])!r} at index {idx} is unknown; valid: train, val, test")
     out = {s: np.flatnonzero(split == s) for s in SPLITS}
     for s, idx in out.items():
         if len(idx) == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
@@ -79,20 +80,22 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
         if getattr(method_cls, "trains_final", True):
             trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
         seconds = time.perf_counter() - start
+        nonfinite_steps = module.nonfinite_steps  # loading the best checkpoint restores an older count
         best = checkpoint.best_model_path or None
         val = trainer.validate(module, val_dl, ckpt_path=best, verbose=False)[0]
         test = trainer.test(module, test_dl, ckpt_path=best, verbose=False)[0]
     metrics = {
         "method": cfg.method, "seed": cfg.seed, "data": cfg.data_spec, "config": cfg.to_dict(),
-        "val": _strip(val, "val/"), "test": _strip(test, "test/"),
+        "val": _strip(val, "val/"), "test": _strip(test, "test/"), "nonfinite_metrics": [],
         "best_checkpoint": Path(best).name if best else None, "epochs_run": trainer.current_epoch,
         "train_seconds": round(seconds + sum(m["train_seconds"] for m in stages.values()), 3),
-        "nonfinite_steps": module.nonfinite_steps, "optimizer": cfg.optim.name,
+        "nonfinite_steps": nonfinite_steps, "optimizer": cfg.optim.name,
     }
     if stages:
         metrics["stages"] = {name: {k: m[k] for k in ("method", "val", "test", "train_seconds")}
                              for name, m in stages.items()}
     metrics.update(probe_metrics(trainer))
+    _flag_nonfinite(metrics)
     if trainer.is_global_zero:
         save_predictions(module.method, test_dl, out)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
@@ -132,6 +135,16 @@ def _trainer(cfg: RunConfig, out: Path):
         gradient_clip_val=cfg.optim.grad_clip or None, enable_progress_bar=t.progress,
         enable_model_summary=False, log_every_n_steps=t.log_every_n_steps, default_root_dir=str(out))
     return trainer, checkpoint
+
+
+def _flag_nonfinite(metrics: Dict[str, Any]) -> None:
+    """Replaces NaN/Inf metric values by ``None`` and lists them in ``nonfinite_metrics``
+    (for example the correlation of a constant prediction), so none passes unflagged."""
+    for split in ("val", "test"):
+        for key, value in metrics[split].items():
+            if not math.isfinite(value):
+                metrics[split][key] = None
+                metrics["nonfinite_metrics"].append(f"{split}/{key}")
 
 
 def _strip(values: Dict[str, float], prefix: str) -> Dict[str, float]:
