@@ -40,19 +40,33 @@ class DataConfig:
     noise2: float = 1.0
     depth1: int = 1
     depth2: int = 3
+    # real datasets (--data NAME, data.root); None = the dataset's own default (docs/datasets.md)
+    fold: Optional[int] = None  # 1-based: CREMA-D speaker folds 1-5, UCF-51 splits 1-3
+    modalities: Optional[list] = None  # MOSI/MOSEI/Sth-Sth: which modalities, e.g. [video, text]
+    task: str = "auto"  # MOSI/MOSEI: regression (auto) or classification (binary, label > 0)
+    image_size: int = 224  # crop size of video frames
+    num_frames: Optional[int] = None  # frames per clip (CREMA-D 3, AVE/UCF 4, Sth-Sth 16)
+    sample_rate: Optional[int] = None  # audio rate in Hz (CREMA-D 22050, UCF 16000)
+    audio_seconds: float = 3.0  # audio length, shorter clips tiled
+    spectrogram_dir: Optional[str] = None  # folder of precomputed <clip>.pkl spectrograms
+    val_fraction: float = 0.1  # validation share carved from train where no val list exists
+    features: bool = False  # Sth-Sth: read pre-extracted features instead of frames
+    audio_input: str = "spectrogram"  # CREMA-D/UCF-51: or waveform (for pretrained audio backbones)
 
 
 @dataclass
 class ModelConfig:
     """Encoders and fusion for vector data."""
 
-    encoder: Optional[str] = None  # encoder name for every modality; None: by dataset/shape
+    encoder: Optional[str] = None  # name for every modality, or "audio:mlp,video:cnn2d"; None: by dataset/shape
     fusion: str = "concat_linear"
     fusion_hidden: int = 128
     feature_dim: int = 100
     hidden: int = 100
     layers: int = 2
     dropout: float = 0.0
+    base_width: int = 64  # ResNet-18 stem width; 64 is the standard network (512-d features)
+    pretrained: Optional[str] = None  # encoder 'pretrained': local Hugging Face dir, or audio=DIR,video=DIR
 
 
 @dataclass
@@ -84,6 +98,7 @@ class TrainerConfig:
     skip_nonfinite: bool = False
     progress: bool = True
     log_every_n_steps: int = 10
+    probe_every: int = 0  # fit linear probes on each modality's frozen features every K epochs; 0: off
 
 
 @dataclass

@@ -21,6 +21,8 @@ class DataBundle:
         task: ``classification`` or ``regression``.
         encoders: modality -> encoder name to use by default (``None``: chosen by shape).
         extras: per-split side information, e.g. the synthetic datapoint types.
+        metrics: optional ``(task, num_classes) -> MetricCollection`` replacing the default
+            evaluation metrics (MOSI/MOSEI: Acc-7, Acc-2, F1, MAE, correlation).
     """
 
     train: Dataset
@@ -31,6 +33,7 @@ class DataBundle:
     task: str
     encoders: Dict[str, Optional[str]] = field(default_factory=dict)
     extras: Dict[str, Any] = field(default_factory=dict)
+    metrics: Optional[Callable[[str, int], Any]] = None
 
     @staticmethod
     def from_arrays(data: MultimodalArrays) -> "DataBundle":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import math
 
@@ -10,6 +10,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .encoders import MLPEncoder
+from .pretrained import pretrained
+from .resnet import resnet18_audio, resnet18_video
+from .sequence import cnn2d, transformer_seq
 
 
 def _mlp(shape: Tuple[int, ...], cfg: Any) -> nn.Module:
@@ -17,7 +20,9 @@ def _mlp(shape: Tuple[int, ...], cfg: Any) -> nn.Module:
 
 
 #: name -> factory(sample_shape, ModelConfig) returning a module with ``out_dim``.
-ENCODERS: Dict[str, Callable[[Tuple[int, ...], Any], nn.Module]] = {"mlp": _mlp}
+ENCODERS: Dict[str, Callable[[Tuple[int, ...], Any], nn.Module]] = {
+    "mlp": _mlp, "resnet18_audio": resnet18_audio, "resnet18_video": resnet18_video,
+    "transformer_seq": transformer_seq, "cnn2d": cnn2d, "pretrained": pretrained}
 
 
 def default_encoder(shape: Tuple[int, ...]) -> str:
@@ -28,8 +33,32 @@ def default_encoder(shape: Tuple[int, ...]) -> str:
     return name if name in ENCODERS else "mlp"
 
 
-def build_encoder(name: str, shape: Tuple[int, ...], cfg: Any) -> nn.Module:
-    """Instantiates encoder ``name`` for samples of ``shape``."""
+def build_encoder(name: str, shape: Tuple[int, ...], cfg: Any, modality: Optional[str] = None) -> nn.Module:
+    """Instantiates encoder ``name`` for samples of ``shape`` (factories marked
+    ``wants_modality`` also get the modality's name)."""
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; valid: {', '.join(ENCODERS)}")
-    return ENCODERS[name](tuple(shape), cfg)
+    factory = ENCODERS[name]
+    if getattr(factory, "wants_modality", False):
+        return factory(tuple(shape), cfg, modality=modality)
+    return factory(tuple(shape), cfg)
+
+
+def encoder_for(modality: str, spec: Optional[str], modalities: Iterable[str] = ()) -> Optional[str]:
+    """The encoder that ``model.encoder`` names for ``modality``, or None.
+
+    ``spec`` is one name for every modality (``"mlp"``) or per-modality choices
+    (``"audio:resnet18_audio,video:cnn2d"``; modalities not listed keep their default).
+    """
+    if not spec or ":" not in spec:
+        return spec or None
+    choices = {}
+    for part in spec.split(","):
+        name, sep, encoder = (s.strip() for s in part.partition(":"))
+        if not sep or not name or not encoder:
+            raise ConfigError(f"model.encoder {spec!r}: expected NAME or MODALITY:NAME,MODALITY:NAME")
+        choices[name] = encoder
+    unknown = sorted(set(choices) - set(modalities)) if modalities else []
+    if unknown:
+        raise ConfigError(f"model.encoder names modality {unknown[0]!r}; valid: {', '.join(modalities)}")
+    return choices.get(modality)

@@ -12,6 +12,7 @@ from ..data import DATASETS, DataBundle, SyntheticSpec, from_arrays, load_array_
 from ..errors import ConfigError
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
+from ..models.registry import encoder_for
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
@@ -31,7 +32,7 @@ def build_data(cfg: RunConfig) -> DataBundle:
         return DATASETS[cfg.data_spec](d)
     path = Path(cfg.data_spec)
     if path.suffix in (".npz", ".h5", ".hdf5") or path.exists():
-        return DataBundle.from_arrays(load_array_file(path, standardize=d.standardize, seed=d.seed))
+        return DataBundle.from_arrays(load_array_file(path, standardize=d.standardize, seed=d.seed, task=d.task))
     valid = ", ".join(["synthetic", *DATASETS])
     raise ConfigError(f"--data {cfg.data_spec!r} is not a dataset name ({valid}) nor a .npz/.h5 file")
 
@@ -41,8 +42,9 @@ def build_model(data: DataBundle, cfg: RunConfig) -> MultimodalModel:
     shape) and the configured fusion."""
     encoders = {}
     for name, shape in data.shapes.items():
-        choice = cfg.model.encoder or data.encoders.get(name) or default_encoder(shape)
-        encoders[name] = build_encoder(choice, shape, cfg.model)
+        choice = (encoder_for(name, cfg.model.encoder, data.shapes) or data.encoders.get(name)
+                  or default_encoder(shape))
+        encoders[name] = build_encoder(choice, shape, cfg.model, modality=name)
     return MultimodalModel(encoders, data.num_classes, fusion=cfg.model.fusion,
                            fusion_hidden=cfg.model.fusion_hidden)
 

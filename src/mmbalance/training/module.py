@@ -38,12 +38,13 @@ class BalanceModule(L.LightningModule):
     """Runs ``method`` in the shared loop: loss, gradient edits, groups, epoch and
     validation hooks; evaluates the fused prediction and every unimodal head."""
 
-    def __init__(self, method: Method, cfg: RunConfig) -> None:
+    def __init__(self, method: Method, cfg: RunConfig, metrics=None) -> None:
         super().__init__()
         self.method, self.cfg = method, cfg
         model = method.model
         self.task = model.task
-        make = lambda: _metrics(model.task, model.num_classes)  # noqa: E731
+        factory = metrics or _metrics  # a dataset's own metrics (DataBundle.metrics), if any
+        make = lambda: factory(model.task, model.num_classes)  # noqa: E731
         self.eval_metrics = nn.ModuleDict({
             stage: nn.ModuleDict({"fused": make(), **{f"uni_{m}": make() for m in model.modalities}})
             for stage in ("val", "test")})

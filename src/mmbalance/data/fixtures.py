@@ -1,0 +1,203 @@
+"""Tiny datasets written in the real on-disk layouts, for tests and ``mmbalance data throughput
+--fixtures``. WAV files are written with the standard ``wave`` module, JPEGs with Pillow,
+pickles with ``pickle`` and HDF5 with h5py, independently of the readers they test.
+
+Frames are constant images whose grey level encodes the frame's position in its folder
+(``frame_value(k)``), so a test can tell which frames a loader picked, and in what order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import wave
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+AVE_CLASSES = ("Church bell", "Bark", "Helicopter")
+UCF_CLASSES = {"ApplyEyeMakeup": 0, "Basketball": 7}  # class name -> UCF101 label
+
+
+def frame_value(k: int) -> int:
+    """Grey level of the k-th frame (sorted order) of every fixture clip."""
+    return 30 + 40 * k
+
+
+def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    """A 16-bit mono sine WAV; returns the int16 samples written."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    samples = np.round(amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return samples
+
+
+def jpeg_bytes(value: int, size=(24, 32)) -> bytes:
+    """A constant RGB JPEG of grey level ``value`` and (height, width) ``size``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((*size, 3), value, dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_frames(folder: Path, count: int, size=(24, 32)) -> List[Path]:
+    """``count`` frames ``00001.jpg``... written in reverse order (so only sorting finds them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{k + 1:05d}.jpg" for k in range(count)]
+    for k in reversed(range(count)):
+        paths[k].write_bytes(jpeg_bytes(frame_value(k), size))
+    return paths
+
+
+def write_cremad(root: Path, train_per_class: int = 2, test_per_class: int = 1, frames: int = 4) -> Dict[str, list]:
+    """CREMA-D: ``AudioWAV/``, ``Image-01-FPS/``, ``train.csv``, ``test.csv`` and a one-fold
+    ``data_splits_VALV.pkl`` (JSON). Returns split -> [(clip, class name)]."""
+    rows: Dict[str, list] = {"train": [], "test": []}
+    actor = 1001
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for cls in CREMAD_CLASSES:
+            for _ in range(count):
+                clip = f"{actor}_DFA_{cls}_XX"
+                write_wav(root / "AudioWAV" / f"{clip}.wav", freq=200.0 + 10 * (actor % 50))
+                write_frames(root / "Image-01-FPS" / clip, frames)
+                rows[split].append((clip, cls))
+                actor += 1
+    for split, items in rows.items():
+        (root / f"{split}.csv").write_text("".join(f"{c},{label}\n" for c, label in items))
+    train = [f"{c}.wav" for c, _ in rows["train"]]
+    fold = {"train": train[:-2], "val": train[-2:], "test": [f"{c}.wav-0" for c, _ in rows["test"]]}
+    (root / "data_splits_VALV.pkl").write_text(json.dumps({"1": fold}))
+    return rows
+
+
+def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40) -> Dict[str, list]:
+    """AVE: the three split files, ``Audio-1004-SE/<id>.pkl`` (257 x ``width``) and
+    ``Image-01-FPS-SE/<id>/``. Returns split -> [(video id, class name)]."""
+    rng = np.random.default_rng(0)
+    rows: Dict[str, list] = {}
+    names = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+    for split, count in zip(names, per_split):
+        rows[split] = []
+        for cls in AVE_CLASSES:
+            for i in range(count):
+                vid = f"{split[:2]}{cls[:3].replace(' ', '')}{i:02d}xyz"
+                (root / "Audio-1004-SE").mkdir(parents=True, exist_ok=True)
+                spec = rng.normal(-5, 2, size=(257, width)).astype(np.float32)
+                (root / "Audio-1004-SE" / f"{vid}.pkl").write_bytes(pickle.dumps(spec))
+                write_frames(root / "Image-01-FPS-SE" / vid, frames)
+                rows[split].append((vid, cls))
+        (root / names[split]).write_text("".join(f"{c}&{v}&good&0&10\n" for v, c in rows[split]))
+    return rows
+
+
+def write_ucf51(root: Path, frames: int = 5, size=(24, 32)) -> Dict[str, list]:
+    """UCF-51: ``UCF_fps1_audio16000.pkl``, ``ucfTrainTestlist/{train,test}list01.txt`` and
+    ``class_change.pkl``; groups g01-g02 train, g03 test, plus one listed clip without audio.
+    Returns split -> [clip file name]."""
+    table, rows = {}, {"train": [], "test": []}
+    t = np.arange(8000) / 16000
+    for cls, label in UCF_CLASSES.items():
+        for group in (1, 2, 3):
+            for c in (1, 2):
+                name = f"v_{cls}_g{group:02d}_c{c:02d}.avi"
+                vision = np.stack([np.full((*size, 3), frame_value(k), np.uint8) for k in range(frames)])
+                audio = (0.5 * np.sin(2 * np.pi * (300 + 50 * label) * t)).astype(np.float32)
+                table[name] = {"data": {"vision": vision, "audio": audio}, "label": label}
+                rows["train" if group < 3 else "test"].append(name)
+    rows["train"].append("v_NoAudio_g01_c01.avi")  # in the official list, not in the pickle
+    (root / "ucfTrainTestlist").mkdir(parents=True, exist_ok=True)
+    (root / "UCF_fps1_audio16000.pkl").write_bytes(pickle.dumps(table))
+    (root / "class_change.pkl").write_bytes(pickle.dumps({label: i for i, label in enumerate(UCF_CLASSES.values())}))
+    for split, names in rows.items():
+        lines = [f"{n.split('_')[1]}/{n}" + (" 1" if split == "train" else "") for n in names]
+        (root / "ucfTrainTestlist" / f"{split}list01.txt").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def affect_table(sizes=(8, 4, 4), steps: int = 6, dims=(5, 4, 6), seed: int = 0) -> Dict[str, dict]:
+    """A MultiBench-style affect dict: front-padded (N, T, D) arrays, labels in [-3, 3]
+    ((N, 1, 1) for train, (N, 1) otherwise), two -inf audio values in train, and one train
+    sample whose text is all zero (MultiBench drops it)."""
+    rng = np.random.default_rng(seed)
+    table = {}
+    for key, n in zip(("train", "valid", "test"), sizes):
+        part = {name: rng.normal(size=(n, steps, d)) for name, d in zip(("vision", "audio", "text"), dims)}
+        for name in part:
+            part[name][:, :2] = 0.0  # front padding
+        labels = np.linspace(-3, 3, n)
+        part["labels"] = labels.reshape(n, 1, 1) if key == "train" else labels.reshape(n, 1)
+        part["id"] = np.array([f"{key}{i}" for i in range(n)])
+        table[key] = part
+    table["train"]["audio"][0, 3, 1] = -np.inf
+    table["train"]["audio"][2, 4, 0] = -np.inf
+    table["train"]["text"][1] = 0.0
+    return table
+
+
+def write_affect(path: Path, **kwargs) -> Dict[str, dict]:
+    """Pickles :func:`affect_table` to ``path`` (``mosi_data.pkl`` / ``mosei_senti_data.pkl``)."""
+    table = affect_table(**kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(table))
+    return table
+
+
+def write_sthsth(root: Path, train: int = 6, val: int = 2, frames: int = 6, templates: Sequence[str] = (
+        "Pushing [something] from left to right", "Holding [something] next to [something]")) -> Dict[str, list]:
+    """Something-Something v2: labels and annotation JSONs, ``dataset.hdf5`` and
+    ``flow_dataset.hdf5`` (one fewer flow frame). Returns split -> [(video id, label)]."""
+    import h5py
+
+    labels = {t.replace("[", "").replace("]", ""): str(i) for i, t in enumerate(templates)}
+    (root / "something-something-v2-labels.json").write_text(json.dumps(labels))
+    rows: Dict[str, list] = {}
+    with h5py.File(root / "dataset.hdf5", "w") as rgb, h5py.File(root / "flow_dataset.hdf5", "w") as flow:
+        for split, count, name in (("train", train, "train"), ("test", val, "validation")):
+            entries = [{"id": f"{split}{i}", "template": templates[i % len(templates)], "label": "x"} for i in range(count)]
+            (root / f"something-something-v2-{name}.json").write_text(json.dumps(entries))
+            rows[split] = [(e["id"], i % len(templates)) for i, e in enumerate(entries)]
+            for e in entries:
+                _h5_frames(rgb, e["id"], frames)
+                _h5_frames(flow, e["id"], frames - 1)
+    return rows
+
+
+def _h5_frames(handle, video: str, count: int) -> None:
+    import h5py
+
+    data = handle.create_dataset(video, (count,), dtype=h5py.vlen_dtype(np.dtype("uint8")))
+    for k in range(count):
+        data[k] = np.frombuffer(jpeg_bytes(frame_value(k)), dtype=np.uint8)
+
+
+def write_sthsth_features(root: Path, train: int = 8, val: int = 4, dims=(6, 5)) -> None:
+    """Pre-extracted features: ``train_features.pt`` / ``val_features.pt``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    for name, n in (("train_features.pt", train), ("val_features.pt", val)):
+        feats = {"video": torch.randn(n, dims[0], generator=gen), "flow": torch.randn(n, dims[1], generator=gen)}
+        torch.save({"features": feats, "labels": torch.arange(n) % 2}, root / name)
+
+
+def write_fixture(name: str, root: Path) -> Path:
+    """Writes the tiny fixture of built-in dataset ``name`` under ``root``; returns the
+    path to give as ``data.root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    writers = {"cremad": write_cremad, "ave": write_ave, "ucf51": write_ucf51, "sthsth": write_sthsth}
+    if name in writers:
+        writers[name](root)
+    elif name in ("mosi", "mosei"):
+        write_affect(root / ("mosi_data.pkl" if name == "mosi" else "mosei_senti_data.pkl"))
+    else:
+        raise KeyError(f"no fixture for dataset {name!r}")
+    return root
