@@ -102,6 +102,13 @@ class Method(nn.Module):
         """Modality -> task loss of that modality's own head."""
         return {m: self.task_loss(z, labels) for m, z in out.unimodal_logits.items()}
 
+    def multiloss_terms(self, out: ModelOutput, labels: Tensor, unimodal_weight: float) -> Dict[str, Tensor]:
+        """``task`` (fused) plus ``unimodal/<m>`` = ``unimodal_weight`` x each head's task loss."""
+        terms = {"task": self.task_loss(out.logits, labels)}
+        for m, loss in self.unimodal_losses(out, labels).items():
+            terms[f"unimodal/{m}"] = unimodal_weight * loss
+        return terms
+
     @staticmethod
     def all_reduce_mean(value: Tensor) -> Tensor:
         """Mean of ``value`` over DDP ranks (itself when not distributed), so that every rank

@@ -53,9 +53,7 @@ class MCR(Method):
         return space
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
-        terms = {"task": self.task_loss(out.logits, batch.labels)}
-        for m, loss in self.unimodal_losses(out, batch.labels).items():
-            terms[f"unimodal/{m}"] = self.hparams.unimodal_weight * loss
+        terms = self.multiloss_terms(out, batch.labels, self.hparams.unimodal_weight)
         reg = self.regularizer(self.model, out, batch.labels, inputs=batch.inputs)
         terms.update(reg.terms)
         return LossTerms.from_terms(terms, reg.logs)

@@ -27,7 +27,4 @@ class MultiLoss(Method):
         return space
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
-        terms = {"task": self.task_loss(out.logits, batch.labels)}
-        for m, loss in self.unimodal_losses(out, batch.labels).items():
-            terms[f"unimodal/{m}"] = self.hparams.unimodal_weight * loss
-        return LossTerms.from_terms(terms)
+        return LossTerms.from_terms(self.multiloss_terms(out, batch.labels, self.hparams.unimodal_weight))
