@@ -130,7 +130,6 @@ class BalanceModule(L.LightningModule):
     def _evaluate(self, stage: str, batch) -> None:
         inputs, labels = batch
         out = self.method(inputs)
-        metrics = self.eval_metrics[stage]
         if stage == "val":
             self.method.on_validation_batch(out, labels)
         self._update(stage, "fused", self.method.predict(out), labels)

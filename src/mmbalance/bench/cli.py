@@ -1,0 +1,196 @@
+"""Sub-commands ``bench synthetic`` and ``tune``.
+
+Other benchmark modules add ``bench`` sub-commands by listing themselves in
+``BENCH_MODULES``: each has ``register_bench(bench_subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import List
+
+#: Modules adding ``bench <name>`` commands through ``register_bench(subparsers)``.
+BENCH_MODULES: List[str] = ["mmbalance.bench.speed_cli"]
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (synthetic competition sweep, ...)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=type(bench))
+    s = bench_sub.add_parser("synthetic", help="every method across the U1/S grid (paper Figure 1)")
+    s.add_argument("--out", help="sweep directory (default runs/bench/synthetic[_quick])")
+    s.add_argument("--quick", action="store_true", help="3 ratios, 1 seed, small data: a few minutes")
+    s.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    s.add_argument("--methods", nargs="+", help="method names or labels (unimodal-x1), default: all registered")
+    s.add_argument("--seeds", nargs="+", help="seeds to run, default 0 1 2 (quick: 0)")
+    s.add_argument("--n", type=int, help="synthetic data size for every run")
+    s.add_argument("--epochs", type=int, help="max epochs for every run")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides applied to every run alike (e.g. model.hidden=64)")
+    s.add_argument("--tuned", help="directory of tuned configs (<label>.yaml from `mmbalance tune --name LABEL`); "
+                                   "their optim.* and method.* keys are used")
+    s.add_argument("--trials-per-method", type=int, default=0,
+                   help="tune every method with this many trials first (into OUT/tuned), then sweep")
+    s.set_defaults(func=cmd_bench_synthetic)
+    for module in BENCH_MODULES:
+        importlib.import_module(module).register_bench(bench_sub)
+
+    t = sub.add_parser("tune", help="Optuna search over a method's declared search space")
+    t.add_argument("--data", required=True, help="synthetic, a dataset name, or a .npz/.h5 file")
+    t.add_argument("--method", required=True)
+    t.add_argument("--trials", type=int, required=True, help="trials this process runs")
+    t.add_argument("--out", required=True, help="directory of <name>.yaml, trial runs and the default storage")
+    t.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///OUT/optuna.db)")
+    t.add_argument("--study-name", help="default: --name")
+    t.add_argument("--name", help="label of the output files (default: the method name)")
+    t.add_argument("--metric", help="validation metric to optimise (default: trainer.monitor)")
+    t.add_argument("--config", help="YAML file of fixed overrides")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="fixed overrides")
+    t.add_argument("--sampler-seed", type=int, help="TPE seed (leave unset when several workers share a study)")
+    t.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's checkpoints")
+    t.set_defaults(func=cmd_tune)
+
+
+def _positive(value: int, flag: str, minimum: int = 1) -> int:
+    from ..errors import ConfigError
+    if value is not None and value < minimum:
+        raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def _settings(args: argparse.Namespace):
+    import dataclasses
+    from ..errors import ConfigError
+    from .synthetic import DEFAULT_SETTINGS, QUICK_SETTINGS
+    settings = QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS
+    changes = {}
+    if args.seeds:
+        try:
+            changes["seeds"] = tuple(int(s) for item in args.seeds for s in item.split(",") if s.strip())
+        except ValueError:
+            raise ConfigError(f"--seeds must be integers, got {' '.join(args.seeds)}") from None
+    if args.n is not None:
+        changes["n"] = _positive(args.n, "--n", 10)
+    if args.epochs is not None:
+        changes["max_epochs"] = _positive(args.epochs, "--epochs")
+    if args.set:
+        from ..config import parse_set_items
+        extra = parse_set_items(args.set)
+        fixed = [k for k in extra if k in ("seed", "data.seed", "data.shared", "data.unique1", "data.unique2")
+                 or k.startswith("method.")]
+        if fixed:
+            raise ConfigError(f"--set {fixed[0]} is chosen by the sweep (grid, seeds, methods); "
+                              "use --seeds, --methods or --tuned")
+        changes["extra"] = tuple(sorted(extra.items()))
+    return dataclasses.replace(settings, **changes)
+
+
+def cmd_bench_synthetic(args: argparse.Namespace) -> int:
+    from ..demo import quiet_lightning
+    from ..errors import ConfigError
+    from .report import write_report
+    from .results import ResultsFile
+    from .synthetic import load_tuned, make_jobs, method_variants, run_sweep
+    _positive(args.workers, "--workers")
+    _positive(args.trials_per_method, "--trials-per-method", 0)
+    if args.tuned and args.trials_per_method:
+        raise ConfigError("give either --tuned DIR or --trials-per-method N, not both")
+    importlib.import_module("lightning")  # configures its loggers on import; quiet them after
+    quiet_lightning()
+    settings = _settings(args)
+    out = Path(args.out or ("runs/bench/synthetic_quick" if args.quick else "runs/bench/synthetic"))
+    variants = method_variants(args.methods)
+    tuned_dir = args.tuned
+    if args.trials_per_method:
+        tuned_dir = _tune_all(variants, settings, args.trials_per_method, out / "tuned", args.workers)
+    tuned = load_tuned(tuned_dir, variants) if tuned_dir else None
+    jobs = make_jobs(settings, variants, tuned)
+    _validate(jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_settings(out, settings, variants, tuned_dir)
+    print(f"bench synthetic: {len(variants)} methods x {len(settings.grid)} ratios x {len(settings.seeds)} seeds "
+          f"= {len(jobs)} runs; n={settings.n}, max {settings.max_epochs} epochs, patience {settings.patience}, "
+          f"{'tuned from ' + str(tuned_dir) if tuned_dir else 'default hyperparameters'}; "
+          f"{args.workers} worker(s) -> {out}", flush=True)
+    start = time.perf_counter()
+    try:
+        outcome = run_sweep(jobs, out, workers=args.workers, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
+        return 130
+    wanted = {j.run_id for j in jobs}
+    rows = [r for r in ResultsFile(out / "results.csv").rows() if r["run_id"] in wanted]
+    paths = write_report(rows, out, [v.label for v in variants], _preamble(settings, len(rows), len(jobs),
+                                                                            tuned_dir, outcome.failed))
+    print(f"\n{len(outcome.written)} runs now, {outcome.skipped} already done, {outcome.recovered} recovered, "
+          f"{len(outcome.failed)} failed; "
+          f"{time.perf_counter() - start:.0f} s")
+    print((out / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 1 if outcome.failed else 0
+
+
+def _preamble(settings, done: int, total: int, tuned_dir, failed) -> str:
+    """The settings line of ``summary.md``."""
+    failures = "".join(f"\n- {run}: {err}" for run, err in failed)
+    return (f"{done} of {total} runs; n={settings.n}, U2={settings.unique2}, max {settings.max_epochs} epochs, "
+            f"early-stopping patience {settings.patience}, seeds {', '.join(map(str, settings.seeds))}, "
+            + (f"hyperparameters tuned ({tuned_dir})" if tuned_dir else "default hyperparameters")
+            + "".join(f", {k}={v}" for k, v in settings.extra)
+            + (f".\n\nFailed in the last invocation (rerun to retry):{failures}" if failures else "."))
+
+
+def _validate(jobs) -> None:
+    """Builds one configuration per method now, so a bad --set fails before any training."""
+    from ..config import build_config
+    from ..methods import get_method
+    seen = set()
+    for job in jobs:
+        if job.variant.label not in seen:
+            seen.add(job.variant.label)
+            build_config(job.variant.method, "synthetic", dict(job.overrides),
+                         get_method(job.variant.method).Hyperparameters)
+
+
+def _write_settings(out: Path, settings, variants, tuned_dir) -> None:
+    import dataclasses
+    info = {"settings": dataclasses.asdict(settings), "methods": [v.label for v in variants],
+            "tuned": str(tuned_dir) if tuned_dir else None}
+    (out / "sweep.json").write_text(json.dumps(info, indent=2))
+
+
+def _tune_all(variants, settings, trials: int, tuned_dir: Path, workers: int) -> Path:
+    from .synthetic import TUNE_POINT
+    from .tune import TuneTask, run_tasks
+    shared, unique1 = TUNE_POINT
+    print(f"tuning {len(variants)} methods, {trials} trials each, at S={shared}, U1={unique1}, "
+          f"U2={settings.unique2} (seed 0, validation accuracy) -> {tuned_dir}", flush=True)
+    tasks = []
+    for v in variants:
+        base = {**dict(v.fixed), **settings.run_overrides(shared, unique1, 0)}
+        tasks.append(TuneTask(v.method, v.label, tuple(sorted(base.items())), trials, str(tuned_dir)))
+    for result in run_tasks(tasks, workers):
+        print(f"tuned {result.name}: val {result.best_value:.4f} with {result.best_params} "
+              f"({result.finished_trials} trials)", flush=True)
+    return tuned_dir
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ..config import load_yaml, parse_set_items
+    from ..demo import quiet_lightning
+    from .tune import tune
+    _positive(args.trials, "--trials", 0)
+    importlib.import_module("lightning")  # configures its loggers on import; quiet them after
+    quiet_lightning()
+    base = load_yaml(args.config) if args.config else {}
+    base.update(parse_set_items(args.set))
+    result = tune(args.method, args.data, base, args.trials, args.out, storage=args.storage, name=args.name,
+                  study_name=args.study_name, metric=args.metric, sampler_seed=args.sampler_seed,
+                  keep_checkpoints=args.keep_checkpoints, log=lambda line: print(line, flush=True))
+    print(f"this process ran trials {result.ran_trials}; the study has {result.finished_trials} finished")
+    print(f"best: val {result.best_value:.4f} (trial {result.best_trial}) {result.best_params}")
+    print(f"wrote {result.config_path}")
+    return 0

@@ -1,0 +1,259 @@
+"""``mmbalance tune``: Optuna search over a method's declared search space.
+
+Each method declares what to tune next to its code (``Method.search_space(trial)``,
+dotted override keys); the objective is one training run's validation metric. The study
+lives in SQLite by default (``OUT/optuna.db``); any SQLAlchemy URL (PostgreSQL) lets
+processes on several machines work on one study: each ``tune`` process runs ``--trials``
+trials of it (Optuna's ``n_trials`` semantics), the storage numbers them, so none is lost
+or run twice. The best configuration is written as ``OUT/<name>.yaml``, ready for
+``mmbalance train --config``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+
+import yaml
+
+from ..errors import ConfigError, DataError, NonFiniteLossError
+
+FINISHED_STATES = ("COMPLETE", "FAIL", "PRUNED")
+
+
+@dataclass
+class TuneResult:
+    """The outcome of one ``tune`` call."""
+
+    name: str
+    best_value: float
+    best_params: Dict[str, Any]
+    best_trial: int
+    finished_trials: int
+    ran_trials: List[int] = field(default_factory=list)
+    config_path: Optional[Path] = None
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("tuning needs optuna: pip install 'mmbalance[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def default_storage(out: Path) -> str:
+    """The embedded default: a SQLite file in the output directory."""
+    return f"sqlite:///{(out / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage. SQLite gets a long busy timeout (several writer processes);
+    every storage gets heartbeats, so a trial of a killed worker is marked failed.
+
+    Workers that start together race to create the schema (Optuna raises an integrity
+    error in the loser): a file lock serialises that for SQLite files, and a failed
+    attempt is retried for any URL.
+    """
+    import time
+    import warnings
+    optuna = _optuna()
+    kwargs = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            with _schema_lock(url), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30,
+                                                  grace_period=120)
+        except Exception as exc:  # SQLAlchemy raises many types for a bad URL, a race, a dead server
+            error = exc
+            time.sleep(0.2 * (attempt + 1))
+    raise ConfigError(f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}") from None
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        fcntl = None
+    if not path or path == ":memory:" or fcntl is None:
+        yield
+        return
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def nested(overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """Dotted keys -> the sectioned mapping that ``--config`` reads."""
+    tree: Dict[str, Any] = {}
+    for key, value in overrides.items():
+        section, dot, name = key.partition(".")
+        if dot:
+            tree.setdefault(section, {})[name] = value
+        else:
+            tree[key] = value
+    return tree
+
+
+def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out: str | Path, *,
+         storage: Optional[str] = None, name: Optional[str] = None, study_name: Optional[str] = None,
+         metric: Optional[str] = None, sampler_seed: Optional[int] = None, top_up: bool = False,
+         keep_checkpoints: bool = False, log: Callable[[str], None] = print) -> TuneResult:
+    """Runs ``trials`` Optuna trials of ``method`` and writes the best configuration.
+
+    Args:
+        method: registered method name.
+        data_spec: as for ``mmbalance train --data``.
+        base: fixed dotted overrides (``--config`` and ``--set``); the search space adds to them.
+        trials: trials this call runs; with ``top_up`` the number of finished trials the
+            study should hold (the rest is run), which makes a killed tuning resumable.
+        out: directory of ``<name>.yaml``, ``<name>.json``, the trial runs and the default storage.
+        storage: SQLAlchemy URL; default SQLite in ``out``.
+        name: label of the output files and default study name (default ``method``).
+        metric: validation metric to optimise (default ``trainer.monitor``).
+        sampler_seed: TPE seed (leave None when several workers share a study).
+    """
+    from ..config import build_config
+    from ..methods import get_method
+    from ..training.run import MINIMISED, atomic_write_text
+    cls = get_method(method)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name, base = name or method, dict(base)
+    metric = metric or build_config(method, data_spec, base, cls.Hyperparameters).trainer.monitor
+    study = _open_study(storage or default_storage(out), study_name or name, metric in MINIMISED, sampler_seed,
+                        {"method": method, "data": data_spec, "base": base, "metric": metric})
+    if top_up:
+        trials = max(0, trials - _finished(study))
+    ran: List[int] = []
+    if trials > 0:
+        objective = _objective(cls, data_spec, base, metric, out / "trials" / study.study_name, ran,
+                               keep_checkpoints, lambda line: log(f"{name} {line}"))
+        study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,))
+    return _write_best(study, name, method, data_spec, base, metric, out, ran, atomic_write_text)
+
+
+def _open_study(url: str, study_name: str, minimise: bool, sampler_seed: Optional[int], identity: Dict[str, Any]):
+    optuna = _optuna()
+    study = optuna.create_study(storage=open_storage(url), study_name=study_name, load_if_exists=True,
+                                direction="minimize" if minimise else "maximize")
+    _check_identity(study, identity)
+    # Seeded by the trials already done, so that a resumed study does not replay its proposals.
+    study.sampler = optuna.samplers.TPESampler(seed=None if sampler_seed is None else sampler_seed + _finished(study))
+    return study
+
+
+def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_root: Path, ran: List[int],
+               keep_checkpoints: bool, log: Callable[[str], None]) -> Callable:
+    """One trial: the method's search space on top of ``base``, one training run, its
+    validation ``metric``."""
+    from ..config import build_config
+
+    def objective(trial) -> float:
+        space = cls.search_space(trial)
+        trial.set_user_attr("overrides", space)
+        cfg = build_config(cls.name, data_spec, {**base, **space}, cls.Hyperparameters)
+        cfg.trainer.progress = False
+        run_dir = trial_root / f"trial_{trial.number:04d}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        ran.append(trial.number)
+        metrics = _train(cfg, run_dir, keep_checkpoints)
+        if metric not in metrics["val"]:
+            raise ConfigError(f"metric {metric!r} is not a validation metric; valid: {', '.join(metrics['val'])}")
+        value = float(metrics["val"][metric])
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr(f"test_{metric}", float(metrics["test"].get(metric, float("nan"))))
+        log(f"trial {trial.number}: val {metric} {value:.4f}  "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()))
+        return value
+
+    return objective
+
+
+def _train(cfg, run_dir: Path, keep_checkpoints: bool) -> Dict[str, Any]:
+    from ..training import train
+    metrics = train(cfg, run_dir)
+    if not keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return metrics
+
+
+def _finished(study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED_STATES)
+
+
+def _check_identity(study, identity: Dict[str, Any]) -> None:
+    """A study is tied to one method, data and base configuration: reusing its name for
+    other settings would mix incomparable trials."""
+    normal = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    stored = study.user_attrs.get("mmbalance")
+    if stored is None:
+        study.set_user_attr("mmbalance", normal)
+    elif stored != normal:
+        diff = sorted(k for k in normal if stored.get(k) != normal[k])
+        raise ConfigError(f"study {study.study_name!r} was tuned with other {', '.join(diff)} "
+                          f"({stored}); use another --study-name or --out")
+
+
+def _write_best(study, name: str, method: str, data_spec: str, base: Dict[str, Any], metric: str, out: Path,
+                ran: List[int], write: Callable) -> TuneResult:
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise DataError(f"study {study.study_name!r} has no finished trial to take a configuration from") from None
+    config = nested({**base, **best.user_attrs.get("overrides", best.params)})
+    path = out / f"{name}.yaml"
+    header = (f"# mmbalance tune: best of {_finished(study)} trials of study {study.study_name!r}\n"
+              f"# method {method}, data {data_spec}, val {metric} = {best.value:.6g} (trial {best.number})\n"
+              f"# use: mmbalance train --data {data_spec} --method {method} --config {path}\n")
+    write(path, header + yaml.safe_dump(config, sort_keys=True))
+    info = {"method": method, "data": data_spec, "study": study.study_name, "metric": metric,
+            "direction": study.direction.name.lower(), "best_value": best.value, "best_trial": best.number,
+            "params": best.user_attrs.get("overrides", best.params), "trials": _finished(study)}
+    write(out / f"{name}.json", json.dumps(info, indent=2, default=str))
+    return TuneResult(name, float(best.value), dict(info["params"]), best.number, info["trials"], ran, path)
+
+
+@dataclass(frozen=True)
+class TuneTask:
+    """One method's tuning, as ``bench synthetic --trials-per-method`` schedules it."""
+
+    method: str
+    name: str
+    base: tuple  # sorted (key, value) pairs
+    trials: int
+    out: str
+    data_spec: str = "synthetic"
+    sampler_seed: Optional[int] = 0
+
+
+def _run_task(task: TuneTask) -> TuneResult:
+    return tune(task.method, task.data_spec, dict(task.base), task.trials, task.out, name=task.name,
+                sampler_seed=task.sampler_seed, top_up=True, log=lambda line: print(line, flush=True))
+
+
+def run_tasks(tasks: List[TuneTask], workers: int = 1) -> List[TuneResult]:
+    """Tunes each task up to its number of finished trials (resumable), ``workers`` methods
+    at a time in separate processes; each task has its own study, so budgets stay exact."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [_run_task(t) for t in tasks]
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from .synthetic import _init_worker
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+        return list(pool.map(_run_task, tasks))

@@ -1,0 +1,108 @@
+"""Modality contributions: Shapley, permutation importance, and the diagnose command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mmbalance.analysis.contributions import (permutation_importance, run_predictions, shapley_values,
+                                              zero_mask_values)
+from mmbalance.analysis.diagnose import diagnose, write_diagnosis
+from mmbalance.cli import main
+from mmbalance.methods import get_method
+from mmbalance.models import MultimodalModel
+
+
+def test_shapley_by_hand():
+    v = {frozenset(): 0.2, frozenset("a"): 0.6, frozenset("b"): 0.3, frozenset("ab"): 0.9}
+    phi = shapley_values(["a", "b"], v)
+    assert phi["a"] == pytest.approx(0.5 * (0.6 - 0.2) + 0.5 * (0.9 - 0.3))  # 0.5
+    assert phi["b"] == pytest.approx(0.5 * (0.3 - 0.2) + 0.5 * (0.9 - 0.6))  # 0.2
+    # three players, v(S) = |S|^2: symmetric, so each gets v(all) / 3
+    v3 = {frozenset(s): len(s) ** 2 for k in range(4) for s in __import__("itertools").combinations("abc", k)}
+    assert all(p == pytest.approx(3.0) for p in shapley_values(list("abc"), v3).values())
+
+
+class Passthrough(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x):
+        return x
+
+
+def known_model():
+    """Fused logits = 5 * x_a + 0 * x_b + (0, 0, 1): with x_a the one-hot label the model is
+    always right; with x_a zeroed it always says class 2; x_b is ignored."""
+    model = MultimodalModel({"a": Passthrough(3), "b": Passthrough(3)}, num_classes=3)
+    with torch.no_grad():
+        model.fusion.weights["a"].weight.copy_(5 * torch.eye(3))
+        model.fusion.weights["b"].weight.zero_()
+        model.fusion.bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    return get_method("joint")(model).eval()
+
+
+def test_contributions_on_a_model_whose_answer_is_known():
+    label = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])  # class 2 is 3 of 10
+    xb = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    data = [({"a": torch.eye(3)[y], "b": xb[i]}, y) for i, y in enumerate(label)]
+    method = known_model()
+    base = run_predictions(method, data, batch_size=4)
+    assert torch.equal(base["label"], label) and torch.equal(base["fused"].argmax(-1), label)
+    assert torch.equal(base["features/a"], torch.eye(3)[label])
+    values = zero_mask_values(method, data, 4, ["a", "b"], label)
+    assert values == {frozenset(): pytest.approx(0.3), frozenset("a"): 1.0, frozenset("b"): pytest.approx(0.3),
+                      frozenset("ab"): 1.0}
+    phi = shapley_values(["a", "b"], values)
+    assert phi == {"a": pytest.approx(0.7), "b": pytest.approx(0.0)}
+    feats = {m: base[f"features/{m}"] for m in ("a", "b")}
+    perm = permutation_importance(method, data, 4, feats, base["fused"], label, permutations=3)
+    assert perm["b"] == (0.0, 0.0)  # an ignored modality: no divergence, no drop
+    assert perm["a"][0] > 0.05 and perm["a"][1] > 0.2
+
+
+def test_diagnose_a_trained_run(runs, tmp_path):
+    d = diagnose(runs["plain"], permutations=2)
+    assert [r.modality for r in d.modalities] == ["x1", "x2"] and d.samples == 45
+    assert sum(r.shapley for r in d.modalities) == pytest.approx(d.full_score - d.empty_score)
+    metrics = json.loads((runs["plain"] / "metrics.json").read_text())
+    assert d.full_score == pytest.approx(metrics["test"]["accuracy"])
+    for r in d.modalities:
+        assert r.head_score == pytest.approx(metrics["test"][f"accuracy/{r.modality}"])
+        assert 0 <= r.probe_score <= 1 and 0 <= r.unused_share <= 1 and r.permutation_divergence >= 0
+    assert d.verdict
+    paths = write_diagnosis(d, tmp_path)
+    assert "**Verdict.**" in paths[0].read_text() and json.loads(paths[1].read_text())["method"] == "multiloss"
+    assert paths[2].stat().st_size > 0
+
+
+def test_diagnose_cli_on_users_npz_with_three_modalities(runs, tmp_path, capsys):
+    assert main(["diagnose", str(runs["npz3"]), "--out", str(tmp_path), "--permutations", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Verdict" in out and "| c |" in out
+    d = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert [m["modality"] for m in d["modalities"]] == ["a", "b", "c"]
+    assert sum(m["shapley"] for m in d["modalities"]) == pytest.approx(d["full_score"] - d["empty_score"])
+    shap = {m["modality"]: m["shapley"] for m in d["modalities"]}
+    assert shap["a"] > shap["b"]  # a carries the label; b is noise
+    assert main(["diagnose", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+
+
+def _diag(shapley, probe, unused=0.1):
+    from mmbalance.analysis.diagnose import Diagnosis, ModalityReport
+    mods = [ModalityReport(m, True, 0.01 * i, 0.0, s, None, p, unused)
+            for i, (m, s, p) in enumerate(zip(("a", "b"), shapley, probe))]
+    return Diagnosis("run", "joint", "classification", 100, 0.2 + sum(shapley), 0.2, 0.2, mods)
+
+
+def test_verdict_in_plain_words():
+    from mmbalance.analysis.diagnose import verdict
+    assert verdict(_diag([0.20, 0.15], [0.6, 0.5])).startswith("Balanced")
+    text = verdict(_diag([0.40, 0.02], [0.7, 0.55]))
+    assert text.startswith("a dominates: it holds 95%") and "(0.400 vs 0.020 for b, 20.0x)" in text
+    assert "b's own features reach 55.0% with a linear probe (chance 20.0%)" in text
+    assert "not encoded" not in text and verdict(_diag([0.0, 0.0], [0.2, 0.2])).startswith("No verdict")

@@ -1,0 +1,51 @@
+"""`mmbalance bench synthetic` end to end on tiny runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmbalance.bench.results import ResultsFile
+from mmbalance.config import load_yaml
+from mmbalance.cli import main
+
+TINY_SET = ["data.dim=8", "data.latent_dim=4", "data.batch_size=32", "model.feature_dim=8", "model.hidden=8",
+            "trainer.log_every_n_steps=1"]
+
+
+def test_tuned_quick_sweep_writes_results_summary_and_plot_then_skips_on_rerun(tmp_path, capsys, one_thread):
+    args = ["bench", "synthetic", "--quick", "--methods", "joint", "--n", "200", "--epochs", "1",
+            "--trials-per-method", "1", "--out", str(tmp_path), "--set", *TINY_SET]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "joint trial 0:" in out and out.count("] joint ") == 3  # one progress line per finished run
+    tuned_lr = load_yaml(tmp_path / "tuned" / "joint.yaml")["optim.lr"]
+    rows = ResultsFile(tmp_path / "results.csv").rows()
+    assert len(rows) == 3 and {r["method"] for r in rows} == {"joint"}
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 and float(r["train_seconds"]) > 0 for r in rows)
+    assert {float(r["ratio"]) for r in rows} == {0.125, 1.0, 8.0}
+    assert all(json.loads(r["hyperparameters"])["optim.lr"] == tuned_lr and r["tuning_trials"] == "1"
+               for r in rows)
+    assert (tmp_path / "accuracy_vs_ratio.png").stat().st_size > 0
+    assert "| joint |" in (tmp_path / "summary.md").read_text()
+    for run in (tmp_path / "runs").iterdir():
+        assert (run / "metrics.json").exists() and (run / "predictions.npz").exists()
+    assert main(args) == 0  # the rerun neither tunes again nor trains again
+    out = capsys.readouterr().out
+    assert "3 of 3 runs already recorded; 0 to run" in out and "trial 1" not in out
+    assert len(ResultsFile(tmp_path / "results.csv").rows()) == 3
+    assert json.loads((tmp_path / "tuned" / "joint.json").read_text())["trials"] == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "model.nope=1"], "unknown key 'model.nope'"),
+    (["--set", "data.shared=0.5"], "chosen by the sweep"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--methods", "bogus"], "unknown method 'bogus'"),
+    (["--tuned", "nowhere"], "has no config for joint"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
+    assert main(["bench", "synthetic", "--quick", "--methods", "joint", "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
