@@ -28,7 +28,7 @@ def register(sub) -> None:
     s.add_argument("--seeds", nargs="+", help="seeds to run, default 0 1 2 (quick: 0)")
     s.add_argument("--n", type=int, help="synthetic data size for every run")
     s.add_argument("--epochs", type=int, help="max epochs for every run")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    s.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="overrides applied to every run alike (e.g. model.hidden=64)")
     s.add_argument("--tuned", help="directory of tuned configs (<label>.yaml from `mmbalance tune --name LABEL`); "
                                    "their optim.* and method.* keys are used")
@@ -48,7 +48,7 @@ def register(sub) -> None:
     t.add_argument("--name", help="label of the output files (default: the method name)")
     t.add_argument("--metric", help="validation metric to optimise (default: trainer.monitor)")
     t.add_argument("--config", help="YAML file of fixed overrides")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="fixed overrides")
+    t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="fixed overrides")
     t.add_argument("--sampler-seed", type=int, help="TPE seed (leave unset when several workers share a study)")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's checkpoints")
     t.set_defaults(func=cmd_tune)

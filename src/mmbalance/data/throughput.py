@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     t = sub.add_parser("throughput", help="samples/s of each loader split and of the model step")
     t.add_argument("--data", help="a built-in dataset name (with --set data.root=PATH) or a .npz/.h5 file")
     t.add_argument("--fixtures", action="store_true", help="measure every built-in loader on tiny fixture files")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="data.* and model.* overrides")
+    t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="data.* and model.* overrides")
     t.add_argument("--batches", type=int, default=20, help="batches timed per split (default 20)")
     t.add_argument("--out", help="also write the rows as JSON to this file")
     t.set_defaults(func=cmd_throughput)
