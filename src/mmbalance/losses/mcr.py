@@ -7,7 +7,6 @@ import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -68,6 +67,11 @@ class MCRLoss(nn.Module):
             D_m); projections exist only when feature sizes differ.
         ceb_hidden: hidden width d of the CEB head (default: mean D_m).
         feature_dims, num_classes: build the heads now instead of on :meth:`bind`.
+        chunk_size: at most this many perturbed rows per ``model.fuse`` call (``None``: all
+            B*P rows of a subset at once). Each chunk's fusion and divergence run under
+            activation checkpointing (permuted rows gathered inside the chunk), so the MIPD
+            holds one chunk's fusion activations instead of B*P rows' at the price of a
+            second fusion forward in backward; the value and gradients are unchanged.
     """
 
     def __init__(self, strategy: str = "greedy", mipd_weight: float = 0.1, contrastive_weight: float = 1.0,
@@ -75,7 +79,8 @@ class MCRLoss(nn.Module):
                  detach_reference: bool = False, permutation: str = "all", perturbation: str = "permute",
                  noise_std: float = 1.0, max_subset_size: Optional[int] = None, cross_modal_only: bool = False,
                  projection_dim: Optional[int] = None, ceb_hidden: Optional[int] = None,
-                 feature_dims: Optional[Mapping[str, int]] = None, num_classes: Optional[int] = None) -> None:
+                 feature_dims: Optional[Mapping[str, int]] = None, num_classes: Optional[int] = None,
+                 chunk_size: Optional[int] = None) -> None:
         super().__init__()
         _check_choice("strategy", strategy, STRATEGIES)
         _check_choice("permutation", permutation, PERMUTATION_KINDS)
@@ -90,6 +95,9 @@ class MCRLoss(nn.Module):
             raise ConfigError(f"MCRLoss temperature must be > 0, got {temperature}")
         if max_subset_size is not None and max_subset_size < 1:
             raise ConfigError(f"MCRLoss max_subset_size must be >= 1 or None, got {max_subset_size}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"MCRLoss chunk_size must be >= 1 or None, got {chunk_size}")
+        self.chunk_size = chunk_size
         self.strategy, self.permutation, self.perturbation = strategy, permutation, perturbation
         self.mipd_weight, self.contrastive_weight, self.ceb_weight = mipd_weight, contrastive_weight, ceb_weight
         self.num_permutations, self.temperature = int(num_permutations), temperature
@@ -166,22 +174,58 @@ class MCRLoss(nn.Module):
         reference = grad_multiply(out.logits, ref_factor)
         total = _zero(out)
         for subset in self.subsets(model.modalities):
-            perturbed, valid = self._perturb(model, out, subset, labels, inputs)
-            copies = valid.shape[0] // batch
-            fused_in = {m: perturbed[m] if m in subset
-                        else grad_multiply(out.features[m], k).repeat(copies, 1)
-                        for m in model.modalities}
-            divergence = self._divergence(model.fuse(fused_in), reference.repeat(copies, 1), valid)
+            if self.chunk_size is not None and self._rows(batch) > self.chunk_size:
+                sources, index, valid = self._perturb_rows(model, out, subset, labels, inputs)
+                divergence = self._chunked_divergence(model, out, subset, sources, index, reference, valid, k)
+            else:
+                perturbed, valid = self._perturb(model, out, subset, labels, inputs)
+                copies = valid.shape[0] // batch
+                fused_in = {m: perturbed[m] if m in subset
+                            else grad_multiply(out.features[m], k).repeat(copies, 1)
+                            for m in model.modalities}
+                divergence = self._divergence(model.fuse(fused_in), reference.repeat(copies, 1), valid)
             logs["mipd/" + "+".join(subset)] = float(divergence.detach())
             total = total + divergence
         return -self.mipd_weight * total
 
     def _divergence(self, perturbed: Tensor, reference: Tensor, valid: Tensor) -> Tensor:
-        if perturbed.shape[-1] == 1:  # regression: squared difference of the predictions
-            per_row = (perturbed.float() - reference.float()).pow(2).mean(-1)
-        else:
-            per_row = jensen_shannon_per_sample(perturbed, reference)
-        return masked_mean(per_row, valid)
+        return masked_mean(_per_row_divergence(perturbed, reference), valid)
+
+    def _rows(self, batch: int) -> int:
+        """Perturbed rows of one subset: B*P (B for ``input_zero``/``latent_zero``)."""
+        return batch * (1 if self.perturbation.endswith("zero") else self.num_permutations)
+
+    def _chunked_divergence(self, model, out: ModelOutput, subset, sources, index: Optional[Tensor],
+                            reference: Tensor, valid: Tensor, k: float) -> Tensor:
+        """:meth:`_divergence` over row chunks of ``chunk_size`` (see the class docstring):
+        each chunk gathers its perturbed rows, fuses them and sums its divergences inside a
+        checkpoint, so only the chunk's inputs survive until backward."""
+        from torch.utils.checkpoint import checkpoint
+
+        batch, rows = reference.shape[0], valid.shape[0]
+        routed = {m: grad_multiply(out.features[m], k) for m in model.modalities if m not in subset}
+
+        def chunk_sum(start: int, stop: int) -> Tensor:
+            at = torch.arange(start, stop, device=valid.device)
+            picked = at if index is None else index[start:stop]
+            fused_in = {m: sources[m][picked] if m in subset else routed[m][at % batch] for m in model.modalities}
+            per_row = _per_row_divergence(model.fuse(fused_in), reference[at % batch])
+            return (per_row * valid[start:stop]).sum()
+
+        total = _zero(out)
+        for start in range(0, rows, self.chunk_size):
+            total = total + checkpoint(chunk_sum, start, min(start + self.chunk_size, rows), use_reentrant=False)
+        return total / valid.sum().clamp(min=1)
+
+    def _perturb_rows(self, model, out: ModelOutput, subset, labels: Tensor, inputs):
+        """``(sources, index, valid)``: row r of the perturbed features of m is
+        ``sources[m][index[r]]`` (``index`` None: ``sources[m][r]``); ``valid`` (B*P',)."""
+        if self.perturbation == "permute":
+            batch, device = out.logits.shape[0], out.logits.device
+            perms, valid = sample_permutations(batch, self.num_permutations, self.permutation, labels, device=device)
+            return {m: out.features[m] for m in subset}, perms.reshape(-1), valid.reshape(-1)
+        perturbed, valid = self._perturb(model, out, subset, labels, inputs)
+        return perturbed, None, valid
 
     def _perturb(self, model, out: ModelOutput, subset, labels: Tensor, inputs):
         """Returns modality -> (B*P', D_m) perturbed features of ``subset`` and a (B*P',) mask."""
@@ -218,6 +262,13 @@ class MCRLoss(nn.Module):
     def _ceb(self, out: ModelOutput) -> Tensor:
         reconstruction = self.ceb_head(out.logits.detach().float())
         return self.ceb_weight * ceb(reconstruction, list(out.features.values()))
+
+
+def _per_row_divergence(perturbed: Tensor, reference: Tensor) -> Tensor:
+    """(N,) JSD of the softmaxes (classification) or squared difference (regression, C = 1)."""
+    if perturbed.shape[-1] == 1:
+        return (perturbed.float() - reference.float()).pow(2).mean(-1)
+    return jensen_shannon_per_sample(perturbed, reference)
 
 
 def _noisy(x: Tensor, reference: Tensor, std: float) -> Tensor:

@@ -1,0 +1,63 @@
+"""``mmbalance bench speed``: registered through ``bench/cli.py::BENCH_MODULES``. Import
+work (torch, the benchmark) stays inside the command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register_bench(bench_sub) -> None:
+    s = bench_sub.add_parser("speed", help="ms/step and peak memory of every method (MCR's cost, issue 6)")
+    s.add_argument("--out", required=True, help="directory of speed.csv, speed.md and the figures")
+    s.add_argument("--quick", action="store_true", help="small models and few rounds: a smoke run of a minute or two")
+    s.add_argument("--settings", nargs="+", default=["synthetic", "cremad", "mosei"],
+                   help="any of synthetic (a), cremad (b), mosei (c)")
+    s.add_argument("--methods", nargs="+", help="labels of the table (default: all; see docs/performance.md)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="autocast dtype for forward and loss (bf16: the GPU check)")
+    s.add_argument("--batch", type=int, help="batch size of every setting (default: a 64, b 8, c 32)")
+    s.add_argument("--repeats", type=int, help="timed rounds per setting (default 7; 5 for b on CPU; quick 3)")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is robust on a busy machine)")
+    s.add_argument("--no-sweeps", action="store_true", help="skip the P and M sweeps and their figures")
+    s.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
+    s.add_argument("--profile", nargs="+", metavar="METHOD",
+                   help="instead of the table: torch.profiler tables of these methods (first --settings entry)")
+    s.add_argument("--profile-steps", type=int, default=3)
+    s.set_defaults(func=cmd_bench_speed)
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from . import speed
+
+    for flag, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--profile-steps", args.profile_steps),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
+    try:
+        for label in list(args.methods or []) + list(args.profile or []):
+            speed.variant_by_label(label)
+        cfg = speed.SpeedConfig(out=Path(args.out), quick=args.quick, settings=tuple(args.settings),
+                                methods=tuple(args.methods) if args.methods else None, sweeps=not args.no_sweeps,
+                                device=args.device, precision=args.precision, batch=args.batch,
+                                repeats=args.repeats, memory=not args.no_memory, threads=args.threads)
+        settings = speed.resolve_settings(cfg)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.profile:
+        speed.profile_cells(settings[0], args.profile, Path(args.out), steps=args.profile_steps, device=args.device,
+                            precision=args.precision, log=lambda line: print(line, flush=True))
+        return 0
+    paths = speed.run_speed(cfg, log=lambda line: print(line, flush=True))
+    print((Path(args.out) / "speed.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,108 @@
+"""The files of ``bench speed``: CSVs and the markdown tables of ratios."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+#: Issue targets for setting (b): mcr with P = 32 against multiloss.
+TARGETS = {"setting": "cremad", "method": "mcr_p32", "reference": "multiloss", "time": 1.10, "memory": 1.15}
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> Path:
+    """Writes ``rows`` (atomically: a temporary file, then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    tmp.replace(path)
+    return path
+
+
+def _ratio(value: float, reference: Optional[float]) -> str:
+    if reference is None or reference != reference or value != value or reference <= 0:
+        return "-"
+    return f"{value / reference:.2f}"
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:,.{digits}f}"
+
+
+def setting_table(cells: Sequence) -> List[str]:
+    """One setting's table: ms/step and peak memory with their ratios to joint and multiloss."""
+    by_label = {c.variant.label: c for c in cells}
+    ms = {k: c.timing.median for k, c in by_label.items()}
+    mem = {k: c.peak_mb for k, c in by_label.items()}
+    lines = ["| method | ms/step | x joint | x multiloss | peak MB | x joint | x multiloss | MIPD fused rows |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    from .speed import fused_rows
+    for c in cells:
+        k = c.variant.label
+        lines.append(f"| {k} | {_num(ms[k])} | {_ratio(ms[k], ms.get('joint'))} | {_ratio(ms[k], ms.get('multiloss'))} "
+                     f"| {_num(mem[k], 0)} | {_ratio(mem[k], mem.get('joint'))} | {_ratio(mem[k], mem.get('multiloss'))} "
+                     f"| {fused_rows(c.variant, c.setting) or '-'} |")
+    return lines
+
+
+def target_lines(results: Sequence) -> List[str]:
+    """The issue's targets for setting (b), met or missed, from this run's cells."""
+    cells = {(c.setting.name, c.variant.label): c for c in results}
+    mine = cells.get((TARGETS["setting"], TARGETS["method"]))
+    ref = cells.get((TARGETS["setting"], TARGETS["reference"]))
+    if mine is None or ref is None:
+        return []
+    t = mine.timing.median / ref.timing.median
+    lines = ["", f"Targets, setting (b), {TARGETS['method']} vs {TARGETS['reference']} (batch {mine.setting.batch}):",
+             f"- step time {t:.3f}x (target <= {TARGETS['time']:.2f}x): {'met' if t <= TARGETS['time'] else 'MISSED'}"]
+    if mine.peak_mb == mine.peak_mb and ref.peak_mb == ref.peak_mb:
+        m = mine.peak_mb / ref.peak_mb
+        lines.append(f"- peak memory {m:.3f}x (target <= {TARGETS['memory']:.2f}x): "
+                     f"{'met' if m <= TARGETS['memory'] else 'MISSED'}")
+    return lines
+
+
+def modality_table(cells: Sequence) -> List[str]:
+    """M sweep: MIPD terms and ms/step of multiloss, mcr over all subsets and singletons only."""
+    from .speed import mipd_terms
+    grouped: Dict[tuple, Dict[str, object]] = defaultdict(dict)
+    for c in cells:
+        grouped[(c.setting.name, len(c.setting.names))][c.variant.label] = c
+    lines = ["| setting | M | terms, all subsets (2^M - 2) | terms, max_subset_size=1 | multiloss ms | "
+             "mcr_p32 ms (x multiloss) | singletons ms (x multiloss) | peak MB multiloss / all / singletons |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for (setting, count), row in grouped.items():
+        ml, full, single = row.get("multiloss"), row.get("mcr_p32"), row.get("mcr_p32_singletons")
+        if ml is None or full is None or single is None:
+            continue
+        base = ml.timing.median
+        mems = " / ".join(_num(c.peak_mb, 0) for c in (ml, full, single))
+        lines.append(f"| {setting} | {count} | {mipd_terms(full.variant, full.setting.names)} | "
+                     f"{mipd_terms(single.variant, single.setting.names)} | {_num(base)} | "
+                     f"{_num(full.timing.median)} ({_ratio(full.timing.median, base)}) | "
+                     f"{_num(single.timing.median)} ({_ratio(single.timing.median, base)}) | {mems} |")
+    return lines
+
+
+def markdown_report(results: Sequence, modality_results: Sequence, env: Mapping[str, object]) -> str:
+    """``speed.md``: environment, one ratio table per setting, the targets, the M sweep."""
+    lines = ["# bench speed", "",
+             f"{env.get('device')}, {env.get('threads')} threads, torch {env.get('torch')}, {env.get('precision')}; "
+             f"1-min load average {env.get('load_start', float('nan')):.2f} at the start, "
+             f"{env.get('load_end', float('nan')):.2f} at the end; {env.get('seconds', '?')} s."
+             + (" QUICK sizes: a smoke run, not the reported numbers." if env.get("quick") else ""),
+             "", "ms/step: median over interleaved rounds after warm-up; peak MB: peak resident set (CPU) or "
+             "max_memory_allocated (GPU) of a fresh process running the method alone.", ""]
+    by_setting: Dict[str, List] = defaultdict(list)
+    for c in results:
+        by_setting[c.setting.name].append(c)
+    for name, cells in by_setting.items():
+        lines += [f"## {cells[0].setting.describe()}", ""] + setting_table(cells) + [""]
+    lines += target_lines(results)
+    if modality_results:
+        lines += ["", "## MIPD terms as modalities grow (M = 2, 3, 4)", ""] + modality_table(modality_results)
+    return "\n".join(lines) + "\n"
