@@ -91,18 +91,20 @@ def _mipd(chunk, strategy, perturbation, num_classes=3, fusion="concat_linear"):
     out = model(x)
     torch.manual_seed(1)
     terms = loss(model, out, y, inputs=x)
+    forward_rows = list(rows)
     terms.total.backward()
-    return terms, {n: p.grad for n, p in model.named_parameters()}, rows
+    return terms, {n: p.grad for n, p in model.named_parameters()}, (forward_rows, rows[len(forward_rows):])
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "collaborative", "independent"])
 @pytest.mark.parametrize("perturbation", ["permute", "latent_noise", "input_noise", "input_zero"])
 def test_chunked_mipd_equals_one_pass(strategy, perturbation):
-    whole, g_whole, rows_whole = _mipd(None, strategy, perturbation)
-    chunked, g_chunked, rows_chunked = _mipd(3, strategy, perturbation)
-    per_subset = 5 if perturbation == "input_zero" else 20  # B or B*P rows
-    assert rows_whole[1:] == [per_subset] * 6  # (the first call is the model's own forward)
-    assert max(rows_chunked[1:]) <= 3 and len(rows_chunked) > len(rows_whole)
+    whole, g_whole, (rows_whole, again_whole) = _mipd(None, strategy, perturbation)
+    chunked, g_chunked, (rows_chunked, again) = _mipd(12, strategy, perturbation)  # 2 copies of B = 5 per call
+    zero = perturbation == "input_zero"
+    assert rows_whole[1:] == [5 if zero else 20] * 6 and again_whole == []  # B or B*P rows per subset
+    assert rows_chunked[1:] == ([5] * 6 if zero else [10, 10] * 6)  # one copy of B is never split
+    assert again == ([] if zero else [10] * 12)  # the trade-off: backward runs each chunk's fusion again
     torch.testing.assert_close(chunked.terms["mipd"], whole.terms["mipd"], rtol=1e-6, atol=1e-7)
     assert chunked.logs.keys() == whole.logs.keys()
     for name, grad in g_whole.items():
@@ -145,3 +147,11 @@ def test_every_setting_builds_and_steps_at_quick_sizes():
     assert speed.modality_setting(speed.SETTINGS["mosei"], 2).names == ["video", "text"]
     assert speed.modality_setting(speed.SETTINGS["mosei"], 4).names == ["video", "audio", "text", "audio2"]
     assert speed.modality_setting(speed.SETTINGS["synthetic"], 4).names == ["x1", "x2", "x3", "x4"]
+
+
+def test_profile_writes_phase_and_op_tables(tmp_path, tiny_settings, capsys):
+    assert main(["bench", "speed", "--quick", "--settings", "synthetic", "--profile", "multiloss", "mcr_p8",
+                 "--profile-steps", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "profile_synthetic_mcr_p8.txt").read_text()
+    assert "mcr/mipd" in text and "step/backward" in text and "Self CPU" in text
+    assert "mcr/" not in (tmp_path / "profile_synthetic_multiloss.txt").read_text()

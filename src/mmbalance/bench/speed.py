@@ -52,7 +52,7 @@ from ..types import Batch, LossTerms, ModelOutput
 
 CSV_COLUMNS = ["setting", "method", "ms_per_step", "peak_memory_mb"]
 DETAIL_COLUMNS = ["setting", "method", "base_method", "hyperparameters", "batch", "modalities", "mipd_terms",
-                  "fused_rows", "ms_per_step", "ms_p25", "ms_p75", "samples", "steps_per_sample",
+                  "fused_rows", "ms_per_step", "ms_p25", "ms_p75", "cpu_ms_per_step", "samples", "steps_per_sample",
                   "peak_memory_mb", "base_memory_mb", "step_memory_mb", "saved_for_backward_mb"]
 MODALITY_COLUMNS = ["setting", "modalities", "method", "mipd_terms", "ms_per_step", "peak_memory_mb"]
 Log = Callable[[str], None]
@@ -198,7 +198,7 @@ METHODS: Tuple[Variant, ...] = (
 #: Extra cells for ``cost_vs_permutations.png`` (timed with the table, in the same rounds).
 PERMUTATION_SWEEP: Tuple[Variant, ...] = (
     _mcr("mcr_p128", 128),
-    _mcr("mcr_p128_chunk1024", 128, chunk_size=1024),
+    _mcr("mcr_p128_chunk512", 128, chunk_size=512),
     _mcr("mcr_input_noise_p1", 1, perturbation="input_noise"),
     _mcr("mcr_input_noise_p2", 2, perturbation="input_noise"),
 )
@@ -334,8 +334,13 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- timing
 @dataclass
 class Timing:
-    samples: List[float] = field(default_factory=list)  # ms per step
+    samples: List[float] = field(default_factory=list)  # wall-clock ms per step
+    cpu_samples: List[float] = field(default_factory=list)  # this process's CPU ms per step
     steps_per_sample: int = 1
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_samples) if self.cpu_samples else float("nan")
 
     @property
     def median(self) -> float:
@@ -359,15 +364,17 @@ def time_interleaved(runners: Sequence[Runner], warmup: int, repeats: int, min_s
         for i in order:
             runner, t = runners[i], timings[i]
             _sync(runner.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(t.steps_per_sample):
                 runner.step()
             _sync(runner.device)
             ms = (time.perf_counter() - start) * 1000 / t.steps_per_sample
+            cpu_ms = (time.process_time() - cpu_start) * 1000 / t.steps_per_sample
             if r == 0:
                 t.steps_per_sample = max(1, min(max_steps_per_sample, int(min_sample_s * 1000 / max(ms, 1e-3))))
             if r >= warmup:
                 t.samples.append(ms)
+                t.cpu_samples.append(cpu_ms)
         if log:
             phase = f"warm-up {r + 1}/{warmup}" if r < warmup else f"round {r - warmup + 1}/{repeats}"
             log(f"    {phase} done ({_load()})")
@@ -474,7 +481,8 @@ class CellResult:
                 "mipd_terms": mipd_terms(self.variant, self.setting.names),
                 "fused_rows": fused_rows(self.variant, self.setting),
                 "ms_per_step": f"{self.timing.median:.2f}", "ms_p25": f"{self.timing.quantile(0.25):.2f}",
-                "ms_p75": f"{self.timing.quantile(0.75):.2f}", "samples": len(self.timing.samples),
+                "ms_p75": f"{self.timing.quantile(0.75):.2f}", "cpu_ms_per_step": _fmt(self.timing.cpu_median, 2),
+                "samples": len(self.timing.samples),
                 "steps_per_sample": self.timing.steps_per_sample, "peak_memory_mb": _fmt(self.peak_mb, 1),
                 "base_memory_mb": _fmt(self.base_mb, 1), "step_memory_mb": _fmt(self.peak_mb - self.base_mb, 1),
                 "saved_for_backward_mb": _fmt(self.saved_mb, 2)}

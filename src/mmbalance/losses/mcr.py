@@ -67,11 +67,12 @@ class MCRLoss(nn.Module):
             D_m); projections exist only when feature sizes differ.
         ceb_hidden: hidden width d of the CEB head (default: mean D_m).
         feature_dims, num_classes: build the heads now instead of on :meth:`bind`.
-        chunk_size: at most this many perturbed rows per ``model.fuse`` call (``None``: all
-            B*P rows of a subset at once). Each chunk's fusion and divergence run under
-            activation checkpointing (permuted rows gathered inside the chunk), so the MIPD
-            holds one chunk's fusion activations instead of B*P rows' at the price of a
-            second fusion forward in backward; the value and gradients are unchanged.
+        chunk_size: at most this many perturbed rows per ``model.fuse`` call, in whole
+            copies of the batch (at least one: B rows); ``None``: all B*P rows of a subset at
+            once. Each chunk's fusion and divergence run under activation checkpointing
+            (permuted rows gathered inside the chunk), so the MIPD holds one chunk's fusion
+            activations instead of B*P rows' at the price of a second fusion forward in
+            backward; the value and gradients are unchanged.
     """
 
     def __init__(self, strategy: str = "greedy", mipd_weight: float = 0.1, contrastive_weight: float = 1.0,
@@ -174,7 +175,7 @@ class MCRLoss(nn.Module):
         reference = grad_multiply(out.logits, ref_factor)
         total = _zero(out)
         for subset in self.subsets(model.modalities):
-            if self.chunk_size is not None and self._rows(batch) > self.chunk_size:
+            if self.chunk_size is not None and self._copies() > self._chunk_copies(batch):
                 sources, index, valid = self._perturb_rows(model, out, subset, labels, inputs)
                 divergence = self._chunked_divergence(model, out, subset, sources, index, reference, valid, k)
             else:
@@ -191,9 +192,12 @@ class MCRLoss(nn.Module):
     def _divergence(self, perturbed: Tensor, reference: Tensor, valid: Tensor) -> Tensor:
         return masked_mean(_per_row_divergence(perturbed, reference), valid)
 
-    def _rows(self, batch: int) -> int:
-        """Perturbed rows of one subset: B*P (B for ``input_zero``/``latent_zero``)."""
-        return batch * (1 if self.perturbation.endswith("zero") else self.num_permutations)
+    def _copies(self) -> int:
+        """Perturbed copies of the batch per subset: P (1 for ``input_zero``/``latent_zero``)."""
+        return 1 if self.perturbation.endswith("zero") else self.num_permutations
+
+    def _chunk_copies(self, batch: int) -> int:
+        return max(1, self.chunk_size // batch)
 
     def _chunked_divergence(self, model, out: ModelOutput, subset, sources, index: Optional[Tensor],
                             reference: Tensor, valid: Tensor, k: float) -> Tensor:
@@ -202,19 +206,20 @@ class MCRLoss(nn.Module):
         checkpoint, so only the chunk's inputs survive until backward."""
         from torch.utils.checkpoint import checkpoint
 
-        batch, rows = reference.shape[0], valid.shape[0]
+        batch = reference.shape[0]
+        copies, per_chunk = valid.shape[0] // batch, self._chunk_copies(batch)
         routed = {m: grad_multiply(out.features[m], k) for m in model.modalities if m not in subset}
 
-        def chunk_sum(start: int, stop: int) -> Tensor:
-            at = torch.arange(start, stop, device=valid.device)
-            picked = at if index is None else index[start:stop]
-            fused_in = {m: sources[m][picked] if m in subset else routed[m][at % batch] for m in model.modalities}
-            per_row = _per_row_divergence(model.fuse(fused_in), reference[at % batch])
-            return (per_row * valid[start:stop]).sum()
+        def chunk_sum(first: int, last: int) -> Tensor:  # copies [first, last) of the batch
+            rows, n = slice(first * batch, last * batch), last - first
+            fused_in = {m: (sources[m][rows] if index is None else sources[m][index[rows]]) if m in subset
+                        else routed[m].repeat(n, 1) for m in model.modalities}
+            per_row = _per_row_divergence(model.fuse(fused_in), reference.repeat(n, 1))
+            return (per_row * valid[rows]).sum()
 
         total = _zero(out)
-        for start in range(0, rows, self.chunk_size):
-            total = total + checkpoint(chunk_sum, start, min(start + self.chunk_size, rows), use_reentrant=False)
+        for first in range(0, copies, per_chunk):
+            total = total + checkpoint(chunk_sum, first, min(first + per_chunk, copies), use_reentrant=False)
         return total / valid.sum().clamp(min=1)
 
     def _perturb_rows(self, model, out: ModelOutput, subset, labels: Tensor, inputs):
