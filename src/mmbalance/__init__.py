@@ -6,11 +6,11 @@ al.) and of the balancing methods it is compared against.
 
 from . import losses
 from .errors import ConfigError, DataError, MMBalanceError, NonFiniteLossError
-from .losses import MCRLoss
+from .losses import CEB, MIPD, MCRLoss, SupervisedContrastive
 from .models import MLPEncoder, MultimodalModel
 from .types import Batch, LossTerms, ModelOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["losses", "MCRLoss", "MLPEncoder", "MultimodalModel", "Batch", "LossTerms", "ModelOutput",
+__all__ = ["losses", "MCRLoss", "MIPD", "SupervisedContrastive", "CEB", "MLPEncoder", "MultimodalModel", "Batch", "LossTerms", "ModelOutput",
            "ConfigError", "DataError", "MMBalanceError", "NonFiniteLossError", "__version__"]

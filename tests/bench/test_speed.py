@@ -102,8 +102,8 @@ def test_chunked_mipd_equals_one_pass(strategy, perturbation):
     whole, g_whole, (rows_whole, again_whole) = _mipd(None, strategy, perturbation)
     chunked, g_chunked, (rows_chunked, again) = _mipd(12, strategy, perturbation)  # 2 copies of B = 5 per call
     zero = perturbation == "input_zero"
-    assert rows_whole[1:] == [5 if zero else 20] * 6 and again_whole == []  # B or B*P rows per subset
-    assert rows_chunked[1:] == ([5] * 6 if zero else [10, 10] * 6)  # one copy of B is never split
+    assert rows_whole[1:] == [] and again_whole == []  # linear fusion: products perturbed, no fusion pass
+    assert rows_chunked[1:] == ([] if zero else [10, 10] * 6)  # one copy of B is never split
     assert again == ([] if zero else [10] * 12)  # the trade-off: backward runs each chunk's fusion again
     torch.testing.assert_close(chunked.terms["mipd"], whole.terms["mipd"], rtol=1e-6, atol=1e-7)
     assert chunked.logs.keys() == whole.logs.keys()
@@ -124,7 +124,8 @@ def test_chunked_regression_and_nonlinear_fusion_match():
 
 
 def test_chunking_bounds_what_the_mipd_keeps_for_backward():
-    setting = dataclasses.replace(TINY, batch=16)
+    # a non-decomposable fusion: a linear one perturbs (B, C) products and needs no chunks
+    setting = dataclasses.replace(TINY, batch=16, model_cfg=TINY.model_cfg + (("fusion", "concat_mlp"),))
     saved = {label: speed.saved_for_backward_mb(speed.make_runner(setting, speed.variant_by_label(label),
                                                                     torch.device("cpu")))
              for label in ("mcr_p64", "mcr_p256", "mcr_p256_chunk64")}

@@ -124,11 +124,12 @@ def modality_setting(base: Setting, count: int) -> Setting:
 
 
 def build_model(setting: Setting, seed: int = 0) -> MultimodalModel:
-    """The setting's model (registry encoders, ``concat_linear`` fusion), seeded."""
+    """The setting's model (registry encoders; ``concat_linear`` fusion unless the setting's
+    ``model_cfg`` names another ``fusion``), seeded."""
     torch.manual_seed(seed)
     cfg = SimpleNamespace(**dict(setting.model_cfg))
     encoders = {m: build_encoder(enc, shape, cfg, modality=m) for m, shape, enc in setting.modalities}
-    return MultimodalModel(encoders, setting.num_classes)
+    return MultimodalModel(encoders, setting.num_classes, fusion=getattr(cfg, "fusion", "concat_linear"))
 
 
 def make_batch(setting: Setting, device: torch.device, seed: int = 1) -> Batch:
@@ -240,7 +241,7 @@ def build_method(variant: Variant, model: MultimodalModel):
     hp = {k: v for k, v in variant.hparams if k in fields}
     method = cls(model, cls.Hyperparameters(**hp))
     if variant.chunk_size is not None:
-        method.regularizer.chunk_size = variant.chunk_size
+        method.regularizer.mipd.chunk_size = variant.chunk_size
     return method
 
 
@@ -643,20 +644,20 @@ def _mcr_regions(method):
     if reg is None:
         yield
         return
-    wrapped = {}
-    for name in ("_mipd", "_contrastive", "_ceb"):
-        original = getattr(reg, name)
+    parts = {"mipd": (reg.mipd, "divergences"), "contrastive": (reg.contrastive, "forward"),
+             "ceb": (reg.ceb, "forward")}
+    for name, (part, attr) in parts.items():
+        original = getattr(part, attr)
 
         def wrapper(*a, __f=original, __n=name, **k):
-            with torch.profiler.record_function(f"mcr/{__n.lstrip('_')}"):
+            with torch.profiler.record_function(f"mcr/{__n}"):
                 return __f(*a, **k)
-        wrapped[name] = original
-        setattr(reg, name, wrapper)
+        setattr(part, attr, wrapper)
     try:
         yield
     finally:
-        for name in wrapped:
-            delattr(reg, name)
+        for part, attr in parts.values():
+            delattr(part, attr)
 
 
 def profile_cells(setting: Setting, labels: Sequence[str], out: Path, steps: int = 3, device: str = "cpu",

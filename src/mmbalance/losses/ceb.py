@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..types import ModelOutput
 
 
 class CEBHead(nn.Module):
@@ -37,3 +40,45 @@ def ceb(reconstruction: Tensor, features: Sequence[Tensor]) -> Tensor:
     """
     target = torch.cat([f.float() for f in features], dim=-1)
     return F.mse_loss(reconstruction.float(), target)
+
+
+class CEB(nn.Module):
+    """``weight * ceb(h(detached fused logits), features)``: the conditional entropy
+    bottleneck term of MCR (paper Eq. 13), with its reconstruction head ``h``.
+
+    Args:
+        weight: >= 0 (1 in the authors' Conformer, MOSEI and Something-Something runs).
+        hidden: width d of the head (default: mean D_m).
+        num_classes, feature_dims: build the head now instead of on :meth:`bind`.
+
+    Example:
+        >>> ceb_term = CEB(weight=1.0).bind(model)
+        >>> loss = ceb_term(out)
+    """
+
+    def __init__(self, weight: float = 1.0, hidden: Optional[int] = None, num_classes: Optional[int] = None,
+                 feature_dims: Optional[Mapping[str, int]] = None) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ConfigError(f"CEB weight must be >= 0, got {weight}")
+        self.weight, self.hidden = weight, hidden
+        self.head: Optional[CEBHead] = None
+        if num_classes is not None and feature_dims is not None:
+            self.build(feature_dims, num_classes)
+
+    def bind(self, model: nn.Module) -> "CEB":
+        """Builds the head for ``model`` (call before creating the optimizer)."""
+        if self.head is None:
+            self.build(model.feature_dims, model.num_classes)
+            self.to(next(model.parameters()).device)
+        return self
+
+    def build(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
+        dims = list(dict(feature_dims).values())
+        hidden = self.hidden or max(1, round(sum(dims) / len(dims)))
+        self.head = CEBHead(num_classes, sum(dims), hidden)
+
+    def forward(self, out: ModelOutput) -> Tensor:
+        """The weighted term for one batch's model output (head fed the detached logits)."""
+        reconstruction = self.head(out.logits.detach().float())
+        return self.weight * ceb(reconstruction, list(out.features.values()))

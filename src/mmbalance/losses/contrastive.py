@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..errors import ConfigError
 
 
 def supervised_contrastive(features: Sequence[Tensor], labels: Tensor, temperature: float = 0.5,
@@ -70,3 +72,54 @@ def _cross_modal(sim: Tensor, same: Tensor, num_mod: int, batch: int) -> Tensor:
             log_prob = block - torch.logsumexp(block, dim=1, keepdim=True)
             losses.append(-((log_prob * pos).sum(1) / pos.sum(1)).mean())
     return torch.stack(losses).mean()
+
+
+class SupervisedContrastive(nn.Module):
+    """``weight * supervised_contrastive(features, labels)`` (paper Eq. 11, the shared-
+    information term of MCR), with a linear projection per modality when feature sizes differ.
+
+    Args:
+        weight: >= 0.
+        temperature: t > 0.
+        cross_modal_only: the paper's Eq. 15 form instead of the authors' stacked NT-Xent.
+        projection_dim: shared size of the projections (default: the smallest D_m); they
+            exist only when the sizes differ (the authors' encoders all give 512).
+        feature_dims: modality -> D_m, to build the projections now instead of on :meth:`bind`.
+
+    Example:
+        >>> con = SupervisedContrastive(weight=1.0).bind(model)
+        >>> loss = con(out.features, labels)
+    """
+
+    def __init__(self, weight: float = 1.0, temperature: float = 0.5, cross_modal_only: bool = False,
+                 projection_dim: Optional[int] = None, feature_dims: Optional[Mapping[str, int]] = None) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ConfigError(f"SupervisedContrastive weight must be >= 0, got {weight}")
+        if not temperature > 0:
+            raise ConfigError(f"SupervisedContrastive temperature must be > 0, got {temperature}")
+        self.weight, self.temperature, self.cross_modal_only = weight, temperature, cross_modal_only
+        self.projection_dim = projection_dim
+        self.projections: Optional[nn.ModuleDict] = None
+        self.built = False
+        if feature_dims is not None:
+            self.build(feature_dims)
+
+    def bind(self, model: nn.Module) -> "SupervisedContrastive":
+        """Builds the projections for ``model`` (call before creating the optimizer)."""
+        if not self.built:
+            self.build(model.feature_dims)
+            self.to(next(model.parameters()).device)
+        return self
+
+    def build(self, feature_dims: Mapping[str, int]) -> None:
+        dims = dict(feature_dims)
+        if len(set(dims.values())) > 1:
+            size = self.projection_dim or min(dims.values())
+            self.projections = nn.ModuleDict({m: nn.Linear(d, size) for m, d in dims.items()})
+        self.built = True
+
+    def forward(self, features: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        """Args: features: modality -> (B, D_m); labels: (B,). Returns the weighted scalar."""
+        feats = [self.projections[m](z) if self.projections is not None else z for m, z in features.items()]
+        return self.weight * supervised_contrastive(feats, labels, self.temperature, self.cross_modal_only)

@@ -32,10 +32,18 @@ def jensen_shannon_per_sample(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     Returns:
         (N,) divergences in [0, ln 2].
     """
-    lp = F.log_softmax(logits_p.float(), dim=-1)
-    lq = F.log_softmax(logits_q.float(), dim=-1)
-    kl_p = -(lp.exp() * _log_half_one_plus_exp(lq - lp)).sum(-1)
-    kl_q = -(lq.exp() * _log_half_one_plus_exp(lp - lq)).sum(-1)
+    return jensen_shannon_log_probs(F.log_softmax(logits_p.float(), dim=-1),
+                                    F.log_softmax(logits_q.float(), dim=-1))
+
+
+def jensen_shannon_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """JSD over the last axis from log-probabilities that broadcast against each other.
+
+    Lets a caller take the log-softmax of a reference once and compare it with many
+    perturbed copies: ``log_p`` (P, B, C) against ``log_q`` (B, C) gives (P, B).
+    """
+    kl_p = -(log_p.exp() * _log_half_one_plus_exp(log_q - log_p)).sum(-1)
+    kl_q = -(log_q.exp() * _log_half_one_plus_exp(log_p - log_q)).sum(-1)
     return (0.5 * (kl_p + kl_q)).clamp(0.0, LN2)
 
 

@@ -37,6 +37,7 @@ class MCR(Method):
         noise_std: float = 1.0
         max_subset_size: Optional[int] = None
         cross_modal_only: bool = False
+        routing: str = "authors"
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)

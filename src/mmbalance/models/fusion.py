@@ -1,5 +1,13 @@
 """Fusion networks: ``forward(features: dict[str, Tensor (N, D_m)]) -> Tensor (N, C)``.
 
+Optional protocol, read by methods and by MCR's gradient routing:
+
+- ``modality_parameters(m)``: the fusion parameters that belong to modality m alone (the
+  weight slice ``W_m`` of a linear fusion); every other fusion parameter is shared.
+- ``decomposable = True`` with ``modality_logits(features)`` and ``shared_logits()``: the
+  output is a sum of per-modality products plus a shared part, so a perturbation of one
+  modality can be applied to its (N, C) product instead of its (N, D_m) features.
+
 Every fusion is built from ``feature_dims`` (modality -> D_m, in the model's modality
 order) and ``num_classes``. Any ``nn.Module`` with the same call signature can be passed
 to :class:`~mmbalance.models.MultimodalModel` instead of a name.
@@ -38,10 +46,22 @@ class ConcatLinear(nn.Module):
     def contributions(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Modality -> (N, C) contribution ``z_m W_m^T + b/M``; their sum is the output."""
         share = self.bias / len(self.weights)
-        return {m: layer(features[m]) + share for m, layer in self.weights.items()}
+        return {m: z + share for m, z in self.modality_logits(features).items()}
+
+    def modality_logits(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Modality -> (N, C) product ``z_m W_m^T`` (no bias), for the modalities present in
+        ``features``. With :meth:`shared_logits` this is the decomposable-fusion protocol:
+        ``forward(z) == sum_m modality_logits(z)[m] + shared_logits()``."""
+        return {m: self.weights[m](z) for m, z in features.items()}
+
+    def shared_logits(self) -> Tensor:
+        """(C,) the part of the output no modality owns: the bias."""
+        return self.bias
 
     def modality_parameters(self, modality: str) -> Iterator[nn.Parameter]:
-        """The weight slice ``W_m`` of one modality (not the shared bias)."""
+        """The weight slice ``W_m`` of one modality (not the shared bias). Fusion parameters
+        reported here follow modality m's gradient routing in MCR's game; all others are
+        shared."""
         return self.weights[modality].parameters()
 
     def forward(self, features: Dict[str, Tensor]) -> Tensor:
