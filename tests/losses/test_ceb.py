@@ -47,3 +47,25 @@ def test_learnability():
         loss.backward()
         opt.step()
     assert loss.item() < start
+
+
+def test_gradient_is_hand_derivative():
+    """d/dz mean((r - z)^2) = -2 (r - z) / N and d/dr = 2 (r - z) / N, N = B * sum D_m."""
+    torch.manual_seed(0)
+    recon = torch.randn(4, 5, requires_grad=True)
+    feats = [torch.randn(4, 2, requires_grad=True), torch.randn(4, 3, requires_grad=True)]
+    ceb(recon, feats).backward()
+    diff = (recon - torch.cat(feats, 1)).detach()
+    torch.testing.assert_close(recon.grad, 2 * diff / 20)
+    torch.testing.assert_close(torch.cat([f.grad for f in feats], 1), -2 * diff / 20)
+
+
+def test_module_is_weighted_term_with_detached_logits():
+    from mmbalance import CEB, MLPEncoder, MultimodalModel
+    torch.manual_seed(0)
+    model = MultimodalModel({"a": MLPEncoder(5, 4, 8, 1), "b": MLPEncoder(6, 2, 8, 1)}, 3)
+    term = CEB(weight=0.5).bind(model)
+    out = model({"a": torch.randn(8, 5), "b": torch.randn(8, 6)})
+    expected = 0.5 * ceb(term.head(out.logits.detach()), [out.features["a"], out.features["b"]])
+    assert term(out).item() == pytest.approx(expected.item())
+    assert term.head.net[2].weight.shape == (6, 3)  # sum D_m = 6, hidden = mean D_m = 3
