@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List
 
 #: Modules adding ``bench <name>`` commands through ``register_bench(subparsers)``.
-BENCH_MODULES: List[str] = ["mmbalance.bench.speed_cli"]
+BENCH_MODULES: List[str] = ["mmbalance.bench.speed.cli"]
 
 
 def register(sub) -> None:

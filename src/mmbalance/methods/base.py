@@ -42,6 +42,8 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     Hyperparameters: ClassVar[type] = NoHyperparameters
+    is_pipeline: ClassVar[bool] = False  # trained in stages (methods/pipeline.py)
+    trains_final: ClassVar[bool] = True  # a pipeline whose final stage only evaluates sets False
 
     def __init__(self, model: MultimodalModel, hparams: Any = None) -> None:
         super().__init__()
