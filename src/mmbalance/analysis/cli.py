@@ -59,7 +59,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from ..demo import quiet_lightning
+    from ..training.quiet import quiet_lightning
     from ..errors import ConfigError
     from .diagnose import diagnose, write_diagnosis
     if args.permutations < 1:
