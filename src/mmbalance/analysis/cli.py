@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    from .errors import analyze_errors
+    from .error_matrix import analyze_errors
     matrix, paths = analyze_errors(args.runs, args.out, args.reference)
     print(Path(paths[1]).read_text())
     print("wrote " + ", ".join(map(str, paths)))

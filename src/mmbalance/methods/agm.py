@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from math import factorial
 from typing import Dict, FrozenSet, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from ..shapley import shapley
 from ..types import Batch, LossTerms, ModelOutput
 from .hparams import hparam, log_uniform
 from .base import Method, register
@@ -26,17 +26,7 @@ def shapley_shares(values: Mapping[FrozenSet[str], Tensor], modalities: Sequence
         values: non-empty coalition (modalities kept) -> (B, C) fused output.
         modalities: the M modalities.
     """
-    M, shares = len(modalities), {}
-    for m in modalities:
-        others = [o for o in modalities if o != m]
-        share = torch.zeros_like(values[frozenset(modalities)])
-        for size in range(M):
-            weight = factorial(size) * factorial(M - size - 1) / factorial(M)
-            for coalition in map(frozenset, combinations(others, size)):
-                without = values[coalition] if coalition else 0.0
-                share = share + weight * (values[coalition | {m}] - without)
-        shares[m] = share
-    return shares
+    return shapley(modalities, lambda coalition: values[coalition] if coalition else 0.0)
 
 
 def scale_gradient(x: Tensor, k: float) -> Tensor:
