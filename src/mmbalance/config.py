@@ -206,7 +206,9 @@ def build_config(method: str, data_spec: str = "synthetic", overrides: Optional[
 def _coerce_field(obj: Any, name: str, value: Any, key: str, label: str = "") -> Any:
     hints = typing.get_type_hints(type(obj))
     if name not in hints:
-        valid = ", ".join(f.name for f in dataclasses.fields(obj)) or "(none)"
+        own = type(obj).__dict__.get("__annotations__", {})  # a section's own keys first, inherited ones after
+        names = sorted((f.name for f in dataclasses.fields(obj)), key=lambda n: n not in own)
+        valid = ", ".join(names) or "(none)"
         section = key.rsplit(".", 1)[0]
         where = f" for {label}" if label else ""
         raise ConfigError(f"unknown key {key!r}{where}; valid {section} keys: {valid}")
