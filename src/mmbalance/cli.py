@@ -14,7 +14,7 @@ from .errors import MMBalanceError
 
 #: Modules that add sub-commands: each has ``register(subparsers)``, which adds its parsers
 #: with ``set_defaults(func=callable(args) -> int)``. Import work stays inside ``func``.
-COMMAND_MODULES: List[str] = ["mmbalance.bench.cli", "mmbalance.analysis.cli", "mmbalance.data.throughput"]
+COMMAND_MODULES: List[str] = ["mmbalance.bench.cli", "mmbalance.analysis.cli", "mmbalance.bench.throughput"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,14 +18,12 @@ from .errors import ConfigError
 
 
 @dataclass
-class DataConfig:
-    """Data options. The synthetic generator's knobs apply to ``--data synthetic``."""
+class SyntheticSpec:
+    """The synthetic generator's settings (``data/synthetic.py``, paper Section 4.1): the
+    probabilities of the datapoint types, per modality the signal strength ``s_m``, noise
+    scale ``sigma_m`` and map depth, and the seed. The one definition: :class:`DataConfig`
+    inherits these fields, so ``--set data.n=...`` and ``make_synthetic(cfg.data)`` work."""
 
-    batch_size: int = 64
-    num_workers: int = 0
-    pin_memory: bool = False
-    standardize: bool = True
-    root: Optional[str] = None
     seed: int = 0  # data generation and split seed, independent of the run seed
     n: int = 6000
     shared: float = 0.1
@@ -40,6 +38,18 @@ class DataConfig:
     noise2: float = 1.0
     depth1: int = 1
     depth2: int = 3
+
+
+@dataclass
+class DataConfig(SyntheticSpec):
+    """Data options: the synthetic generator's settings (inherited from
+    :class:`SyntheticSpec`, used by ``--data synthetic``), then loading and real datasets."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    pin_memory: bool = False
+    standardize: bool = True
+    root: Optional[str] = None
     # real datasets (--data NAME, data.root); None = the dataset's own default (docs/datasets.md)
     fold: Optional[int] = None  # 1-based: CREMA-D speaker folds 1-5, UCF-51 splits 1-3
     modalities: Optional[list] = None  # MOSI/MOSEI/Sth-Sth: which modalities, e.g. [video, text]
@@ -196,7 +206,9 @@ def build_config(method: str, data_spec: str = "synthetic", overrides: Optional[
 def _coerce_field(obj: Any, name: str, value: Any, key: str, label: str = "") -> Any:
     hints = typing.get_type_hints(type(obj))
     if name not in hints:
-        valid = ", ".join(f.name for f in dataclasses.fields(obj)) or "(none)"
+        own = type(obj).__dict__.get("__annotations__", {})  # a section's own keys first, inherited ones after
+        names = sorted((f.name for f in dataclasses.fields(obj)), key=lambda n: n not in own)
+        valid = ", ".join(names) or "(none)"
         section = key.rsplit(".", 1)[0]
         where = f" for {label}" if label else ""
         raise ConfigError(f"unknown key {key!r}{where}; valid {section} keys: {valid}")

@@ -4,27 +4,22 @@
 from __future__ import annotations
 
 import json
-import logging
 import statistics
 import time
 from pathlib import Path
 from typing import Dict, List
 
+from .config import build_config
+from .methods import get_method
+from .training import train
+from .training.quiet import quiet_lightning
+
 DEMO_METHODS = ("joint", "multiloss", "mcr")
 DEMO_DATA = {"data.shared": 0.1, "data.unique1": 0.8, "data.unique2": 0.1}
 
 
-def quiet_lightning() -> None:
-    """Keeps Lightning's per-run banners out of multi-run output."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15) -> Dict[str, List[float]]:
     """Trains each demo method for each seed; returns method -> test accuracies."""
-    from .config import build_config
-    from .methods import get_method
-    from .training import train
     quiet_lightning()
     out = Path(out_dir)
     results: Dict[str, List[float]] = {m: [] for m in DEMO_METHODS}

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mmbalance.analysis.errors import analyze_errors, categorize, category_names, error_matrix
+from mmbalance.analysis.error_matrix import analyze_errors, categorize, category_names, error_matrix
 from mmbalance.cli import main
 from mmbalance.errors import DataError
 

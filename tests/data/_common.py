@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mmbalance.cli import main
-from mmbalance.data.fixtures import frame_value
+from mmbalance.testing.fixtures import frame_value
 from mmbalance.data.vision import IMAGENET_MEAN, IMAGENET_STD
 
 #: a run small enough for seconds on 2 cores: 16-px frames, 0.25 s audio, width-4 ResNets

@@ -12,7 +12,7 @@ import torch
 from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
 from mmbalance.data.ave import CLASSES
-from mmbalance.data.fixtures import write_ave
+from mmbalance.testing.fixtures import write_ave
 from mmbalance.errors import DataError
 
 from ._common import assert_frames, train_cli

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmbalance.config import build_config, load_yaml
-from mmbalance.data.fixtures import write_fixture
+from mmbalance.testing.fixtures import write_fixture
 from mmbalance.methods import REGISTRY
 from mmbalance.training import build_data, build_method, build_model
 

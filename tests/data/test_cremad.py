@@ -14,7 +14,7 @@ from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
 from mmbalance.data.audio import log_spectrogram, resample
 from mmbalance.data.cremad import CLASSES
-from mmbalance.data.fixtures import write_cremad
+from mmbalance.testing.fixtures import write_cremad
 from mmbalance.errors import ConfigError, DataError
 
 from ._common import assert_frames, train_cli

@@ -11,7 +11,7 @@ import torch
 
 from mmbalance.data.audio import (HOP, N_FFT, load_pickled_array, log_spectrogram, read_wav, resample,
                                   spectrogram_shape, tile_to, wav_spectrogram, waveform_spectrogram)
-from mmbalance.data.fixtures import jpeg_bytes, write_wav
+from mmbalance.testing.fixtures import jpeg_bytes, write_wav
 from mmbalance.data.vision import FrameTransform, load_image, random_crop_box
 from mmbalance.errors import DataError
 

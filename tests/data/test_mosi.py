@@ -12,7 +12,7 @@ import torch
 from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
 from mmbalance.data.affect_metrics import affect_metrics
-from mmbalance.data.fixtures import affect_table, write_affect
+from mmbalance.testing.fixtures import affect_table, write_affect
 from mmbalance.errors import ConfigError, DataError
 
 from ._common import train_cli

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
-from mmbalance.data.fixtures import write_sthsth, write_sthsth_features
+from mmbalance.testing.fixtures import write_sthsth, write_sthsth_features
 from mmbalance.data.sthsth import segment_indices
 from mmbalance.errors import DataError
 

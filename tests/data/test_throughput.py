@@ -7,8 +7,8 @@ import json
 import pytest
 
 from mmbalance.cli import main
-from mmbalance.data.fixtures import write_fixture
-from mmbalance.data.throughput import measure
+from mmbalance.testing.fixtures import write_fixture
+from mmbalance.bench.throughput import measure
 
 SMALL = {"model.feature_dim": 10, "model.hidden": 16, "model.layers": 1, "data.batch_size": 4}
 

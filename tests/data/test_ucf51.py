@@ -12,7 +12,7 @@ import torch
 from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
 from mmbalance.data.audio import log_spectrogram
-from mmbalance.data.fixtures import UCF_CLASSES, write_ucf51
+from mmbalance.testing.fixtures import UCF_CLASSES, write_ucf51
 from mmbalance.errors import DataError
 
 from ._common import assert_frames, train_cli

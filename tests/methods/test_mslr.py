@@ -12,7 +12,7 @@ from mmbalance.errors import ConfigError
 from mmbalance.methods.mslr import MSLR, mslr_scale
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.training import BalanceModule, build_data, build_method, build_model, loaders
-from mmbalance.training.optim import LRSchedule, build_optimizer
+from mmbalance.engine.optim import LRSchedule, build_optimizer
 from mmbalance.types import ModelOutput
 
 from ..conftest import tiny_config

@@ -67,7 +67,7 @@ def test_directory_choice_and_errors(tmp_path):
 
 
 def test_cremad_waveforms_train_with_pretrained_encoders(dirs, tmp_path):
-    from mmbalance.data.fixtures import write_cremad
+    from mmbalance.testing.fixtures import write_cremad
 
     from ..data._common import train_cli
 

@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    from .errors import analyze_errors
+    from .error_matrix import analyze_errors
     matrix, paths = analyze_errors(args.runs, args.out, args.reference)
     print(Path(paths[1]).read_text())
     print("wrote " + ", ".join(map(str, paths)))
@@ -59,7 +59,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from ..demo import quiet_lightning
+    from ..training.quiet import quiet_lightning
     from ..errors import ConfigError
     from .diagnose import diagnose, write_diagnosis
     if args.permutations < 1:

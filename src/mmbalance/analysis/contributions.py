@@ -9,7 +9,6 @@ while the rest of the method runs as in evaluation, so fusion, unimodal heads an
 from __future__ import annotations
 
 import itertools
-import math
 from contextlib import contextmanager
 from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -19,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..losses import jensen_shannon
+from ..shapley import shapley
 
 #: modality -> f(sample indices (B,), the encoder's real output (B, ...)) -> replacement
 Replacements = Mapping[str, Callable[[Tensor, Tensor], Tensor]]
@@ -32,18 +32,7 @@ def shapley_values(players: Sequence[str], value: Mapping[FrozenSet[str], float]
         players: the M modalities.
         value: every coalition (frozenset, including the empty one) -> its value.
     """
-    m = len(players)
-    phi = {}
-    for p in players:
-        others = [q for q in players if q != p]
-        total = 0.0
-        for k in range(m):
-            weight = math.factorial(k) * math.factorial(m - k - 1) / math.factorial(m)
-            for subset in itertools.combinations(others, k):
-                s = frozenset(subset)
-                total += weight * (value[s | {p}] - value[s])
-        phi[p] = total
-    return phi
+    return shapley(players, value.__getitem__)
 
 
 @contextmanager

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
 import torch
 
+from ..config import SECTIONS, build_config
+from ..engine import RunDir
 from ..errors import DataError
+from ..methods import get_method
+from ..training.build import build_data, build_method, build_model
 
 
 def read_metrics(run_dir: str | Path) -> Dict[str, Any]:
-    """``RUN_DIR/metrics.json``; DataError when the run is missing or unfinished."""
-    path = Path(run_dir) / "metrics.json"
-    if not Path(run_dir).is_dir():
-        raise DataError(f"run directory {run_dir} does not exist")
-    if not path.exists():
-        raise DataError(f"{run_dir} has no metrics.json: not a finished `mmbalance train` run")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    """A finished run's metrics; DataError when the run is missing or unfinished."""
+    return RunDir(run_dir).read_metrics()
 
 
 def overrides_from_dict(tree: Mapping[str, Any]) -> Dict[str, Any]:
     """A run's saved configuration (``RunConfig.to_dict``) -> dotted overrides."""
-    from ..config import SECTIONS
     out: Dict[str, Any] = {"seed": tree.get("seed", 0)}
     for section in SECTIONS:
         out.update({f"{section}.{k}": v for k, v in (tree.get(section) or {}).items()})
@@ -36,14 +30,10 @@ def overrides_from_dict(tree: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def run_config(run_dir: str | Path):
-    """The :class:`RunConfig` a run was trained with (``config.yaml``, else ``metrics.json``)."""
-    import yaml
-    from ..config import build_config
-    from ..methods import get_method
-    path = Path(run_dir) / "config.yaml"
-    tree = yaml.safe_load(path.read_text()) if path.exists() else read_metrics(run_dir).get("config")
+    """The :class:`RunConfig` a run was trained with (its saved configuration)."""
+    tree = RunDir(run_dir).read_config()
     if not isinstance(tree, Mapping) or "method_name" not in tree:
-        raise DataError(f"{run_dir} has no readable config.yaml")
+        raise DataError(f"{run_dir} has no readable {RunDir.CONFIG}")
     method = tree["method_name"]
     return build_config(method, tree.get("data_spec", "synthetic"), overrides_from_dict(tree),
                         get_method(method).Hyperparameters)
@@ -76,30 +66,22 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """Rebuilds a run's data and method and loads the weights its test score came from:
     the checkpoint named in ``metrics.json`` (``best.ckpt``), the stages' checkpoints for
     pipeline methods that train no final stage (``ensemble``)."""
-    from ..training.build import build_data, build_method, build_model
-    run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
+    metrics = run.read_metrics()
     cfg = run_config(run_dir)
     data = build_data(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         method = build_method(cfg, build_model(data, cfg))
-    stages = sorted((run_dir / "stages").glob("*/checkpoints/best.ckpt")) if hasattr(method, "load_stages") else []
+    stages = run.stage_names() if method.is_pipeline else []
     if stages:
-        method.load_stages({p.parent.parent.name: p for p in stages})
-    ckpt = _checkpoint(run_dir, metrics)
+        method.load_stages(run.stage_states(stages))
+    ckpt = run.checkpoint_to_load(metrics)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        method.load_state_dict({k[len("method."):]: v for k, v in state.items() if k.startswith("method.")})
+        run.load_method_state(method, ckpt)
     elif not stages:
         raise DataError(f"{run_dir} has no checkpoint (checkpoints/best.ckpt or last.ckpt) to load the model from")
     method.eval()
     return LoadedRun(run_dir, cfg, data, method, metrics)
 
-
-def _checkpoint(run_dir: Path, metrics: Mapping[str, Any]):
-    folder = run_dir / "checkpoints"
-    for name in (metrics.get("best_checkpoint"), "best.ckpt", "last.ckpt"):
-        if name and (folder / name).exists():
-            return folder / name
-    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List
 
 #: Modules adding ``bench <name>`` commands through ``register_bench(subparsers)``.
-BENCH_MODULES: List[str] = ["mmbalance.bench.speed_cli"]
+BENCH_MODULES: List[str] = ["mmbalance.bench.speed.cli"]
 
 
 def register(sub) -> None:
@@ -89,7 +89,7 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_bench_synthetic(args: argparse.Namespace) -> int:
-    from ..demo import quiet_lightning
+    from ..training.quiet import quiet_lightning
     from ..errors import ConfigError
     from .report import write_report
     from .results import ResultsFile
@@ -180,7 +180,7 @@ def _tune_all(variants, settings, trials: int, tuned_dir: Path, workers: int) ->
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from ..config import load_yaml, parse_set_items
-    from ..demo import quiet_lightning
+    from ..training.quiet import quiet_lightning
     from .tune import tune
     _positive(args.trials, "--trials", 0)
     importlib.import_module("lightning")  # configures its loggers on import; quiet them after

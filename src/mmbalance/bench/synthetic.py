@@ -323,7 +323,7 @@ def _init_worker(threads: int, parent: int) -> None:
     import warnings
     importlib.import_module("lightning")  # configures its loggers on import; quiet them after
     import torch
-    from ..demo import quiet_lightning
+    from ..training.quiet import quiet_lightning
     torch.set_num_threads(threads)
     quiet_lightning()
     warnings.filterwarnings("ignore")

@@ -17,36 +17,19 @@ modality harder to learn. Everything is a function of ``seed``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
+from ..config import SyntheticSpec
 from ..errors import ConfigError
 
 KINDS = ("shared", "unique1", "unique2", "none")
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Parameters of the generator (probabilities of the four datapoint types, signal
-    strength ``s_m``, noise scale ``sigma_m`` and map depth per modality)."""
-
-    n: int = 6000
-    shared: float = 0.1
-    unique1: float = 0.8
-    unique2: float = 0.1
-    num_classes: int = 5
-    latent_dim: int = 10
-    dim: int = 100
-    signal: Tuple[float, float] = (1.5, 1.5)
-    noise: Tuple[float, float] = (1.0, 1.0)
-    depth: Tuple[int, int] = (1, 3)
-    seed: int = 0
-
-
 def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
-    """Generates the dataset.
+    """Generates the dataset from ``spec`` (a :class:`SyntheticSpec`, or the ``DataConfig``
+    that inherits it).
 
     Returns:
         ``x1``, ``x2``: (n, dim) float32 modalities; ``label``: (n,) int64; ``kind``: (n,)
@@ -55,7 +38,8 @@ def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
     none = 1.0 - spec.shared - spec.unique1 - spec.unique2
     if min(spec.shared, spec.unique1, spec.unique2) < 0 or none < -1e-9:
         raise ConfigError("synthetic shared, unique1, unique2 must be >= 0 and sum to at most 1")
-    if min(spec.depth) < 1 or spec.num_classes < 2 or spec.n < 10:
+    signal, noise, depth = (spec.signal1, spec.signal2), (spec.noise1, spec.noise2), (spec.depth1, spec.depth2)
+    if min(depth) < 1 or spec.num_classes < 2 or spec.n < 10:
         raise ConfigError("synthetic depth must be >= 1, num_classes >= 2 and n >= 10")
     rng = np.random.default_rng(spec.seed)
     labels = rng.integers(0, spec.num_classes, spec.n)
@@ -66,9 +50,9 @@ def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
     for m in range(2):
         means = rng.standard_normal((spec.num_classes, spec.latent_dim))
         means /= np.linalg.norm(means, axis=1, keepdims=True)
-        z = spec.noise[m] * rng.standard_normal((spec.n, spec.latent_dim))
-        z += carries[m][:, None] * spec.signal[m] * means[labels]
-        out[f"x{m + 1}"] = _lift(z, spec.dim, spec.depth[m], rng).astype(np.float32)
+        z = noise[m] * rng.standard_normal((spec.n, spec.latent_dim))
+        z += carries[m][:, None] * signal[m] * means[labels]
+        out[f"x{m + 1}"] = _lift(z, spec.dim, depth[m], rng).astype(np.float32)
     out["label"] = labels.astype(np.int64)
     out["kind"] = kind.astype(np.int64)
     out["split"] = _split(spec.n, rng)

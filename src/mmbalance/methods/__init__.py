@@ -1,27 +1,25 @@
-"""Balancing methods, one file each, and their registry."""
+"""Balancing methods, one file each, and their registry (filled by ``@register``)."""
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Type
 
 from ..errors import ConfigError
-from .agm import AGM
-from .base import Method
-from .ensemble import Ensemble
-from .joint import Joint
-from .mcr import MCR
-from .mlb import MLB
-from .mmcosine import MMCosine
-from .mslr import MSLR
-from .multiloss import MultiLoss
-from .ogm import OGM, OGMGE
-from .pmr import PMR
-from .unimodal import Unimodal
-from .unipre import UniPreFinetuned, UniPreFrozen
+from .base import REGISTRY, Method, register
 
-REGISTRY: Dict[str, Type[Method]] = {cls.name: cls for cls in (
-    Unimodal, Ensemble, Joint, MultiLoss, MMCosine, MSLR, PMR, OGM, OGMGE, AGM, MLB,
-    UniPreFrozen, UniPreFinetuned, MCR)}
+# Importing a method's module registers it; this order is the order of `mmbalance methods`.
+from .unimodal import Unimodal  # noqa: E402,I001
+from .ensemble import Ensemble  # noqa: E402
+from .joint import Joint  # noqa: E402
+from .multiloss import MultiLoss  # noqa: E402
+from .mmcosine import MMCosine  # noqa: E402
+from .mslr import MSLR  # noqa: E402
+from .pmr import PMR  # noqa: E402
+from .ogm import OGM, OGMGE  # noqa: E402
+from .agm import AGM  # noqa: E402
+from .mlb import MLB  # noqa: E402
+from .unipre import UniPreFinetuned, UniPreFrozen  # noqa: E402
+from .mcr import MCR  # noqa: E402
 
 
 def get_method(name: str) -> Type[Method]:
@@ -31,5 +29,5 @@ def get_method(name: str) -> Type[Method]:
     return REGISTRY[name]
 
 
-__all__ = ["Method", "REGISTRY", "get_method", "Joint", "MultiLoss", "Unimodal", "MCR", "MMCosine", "MSLR", "PMR",
-           "OGM", "OGMGE", "AGM", "MLB"]
+__all__ = ["Method", "REGISTRY", "get_method", "register", "Unimodal", "Ensemble", "Joint", "MultiLoss",
+           "MMCosine", "MSLR", "PMR", "OGM", "OGMGE", "AGM", "MLB", "UniPreFrozen", "UniPreFinetuned", "MCR"]

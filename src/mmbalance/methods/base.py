@@ -10,14 +10,28 @@ State that must survive a checkpoint lives in buffers, parameters, or
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional
+from typing import Any, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models import MultimodalModel
 from ..types import Batch, LossTerms, ModelOutput
+from .hparams import log_uniform, searched
+
+#: The learning rate every method searches (``optim.lr``).
+LEARNING_RATE = log_uniform(1e-4, 1e-2)
+
+#: What a method may require of its model (``Method.requires``): name -> (check, what is missing).
+REQUIREMENTS: Dict[str, tuple] = {
+    "classification": (lambda model: model.task == "classification",
+                       "classification; the model is a regressor"),
+    "decomposable_fusion": (lambda model: getattr(model.fusion, "decomposable", False),
+                            "a decomposable fusion (each modality's additive share of a linear fusion); "
+                            "use model.fusion=concat_linear"),
+}
 
 
 @dataclasses.dataclass
@@ -30,7 +44,9 @@ class Method(nn.Module):
 
     Subclasses set ``name``, ``description``, ``reference`` and ``Hyperparameters`` (a
     dataclass whose fields, with types and defaults, are the method's ``method.<key>``
-    options) and implement :meth:`training_loss`.
+    options; ``hparam(default, search=...)`` adds the range ``mmbalance tune`` searches),
+    declare what they need of the model in ``requires`` (keys of :data:`REQUIREMENTS`),
+    implement :meth:`training_loss`, and register with ``@register``.
 
     Args:
         model: the multimodal model to train (a submodule, so it is checkpointed with the
@@ -42,11 +58,24 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     Hyperparameters: ClassVar[type] = NoHyperparameters
+    requires: ClassVar[FrozenSet[str]] = frozenset()
+    is_pipeline: ClassVar[bool] = False  # trained in stages (methods/pipeline.py)
+    trains_final: ClassVar[bool] = True  # a pipeline whose final stage only evaluates sets False
 
     def __init__(self, model: MultimodalModel, hparams: Any = None) -> None:
         super().__init__()
+        self.check_requirements(model)
         self.model = model
         self.hparams = hparams if hparams is not None else self.Hyperparameters()
+
+    @classmethod
+    def check_requirements(cls, model: MultimodalModel) -> None:
+        """Raises one ConfigError naming the method and what its model lacks."""
+        for need in sorted(cls.requires):
+            check, what = REQUIREMENTS[need]
+            if not check(model):
+                detail = "" if need != "decomposable_fusion" else f" (got {type(model.fusion).__name__})"
+                raise ConfigError(f"method {cls.name!r} needs {what}{detail}")
 
     # -- forward and loss ---------------------------------------------------
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
@@ -126,10 +155,26 @@ class Method(nn.Module):
 
     @classmethod
     def search_space(cls, trial: Any) -> Dict[str, Any]:
-        """What ``mmbalance tune`` searches: an Optuna ``trial`` -> dotted override keys
-        (``"optim.lr"``, ``"method.<name>"``). Default: the learning rate only; a method
-        with its own hyperparameters extends it (``space = super().search_space(trial)``)."""
-        return {"optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)}
+        """What ``mmbalance tune`` searches: an Optuna ``trial`` -> dotted override keys.
+        The learning rate (``optim.lr``), then every hyperparameter declared with
+        ``hparam(..., search=...)`` as ``method.<name>``. A method whose space is
+        conditional may override (``space = super().search_space(trial)``)."""
+        space = {"optim.lr": LEARNING_RATE.suggest(trial, "optim.lr")}
+        for name, search in searched(cls.Hyperparameters).items():
+            space[f"method.{name}"] = search.suggest(trial, f"method.{name}")
+        return space
+
+
+#: name -> method class, filled by :func:`register`
+REGISTRY: Dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: adds a :class:`Method` subclass to :data:`REGISTRY` under its ``name``."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"cannot register {cls.__name__}: name {cls.name!r} is empty or taken")
+    REGISTRY[cls.name] = cls
+    return cls
 
 
 def zero_like_loss(out: ModelOutput) -> Tensor:

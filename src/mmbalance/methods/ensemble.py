@@ -10,11 +10,14 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
+from .hparams import choice, hparam
+from .base import register
 from .pipeline import PipelineMethod
 
 COMBINERS = ("standardized_sum", "softmax_mean")
 
 
+@register
 class Ensemble(PipelineMethod):
     """Trains one unimodal model per modality (stages), then combines their predictions.
 
@@ -32,14 +35,8 @@ class Ensemble(PipelineMethod):
 
     @dataclass
     class Hyperparameters:
-        combine: str = "standardized_sum"
+        combine: str = hparam("standardized_sum", search=choice(COMBINERS))
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate (of the unimodal stages) and the combination rule."""
-        space = super().search_space(trial)
-        space["method.combine"] = trial.suggest_categorical("method.combine", list(COMBINERS))
-        return space
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)

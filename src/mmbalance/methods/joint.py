@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .base import Method, register
 
 
+@register
 class Joint(Method):
     """Plain joint training, no balancing: ``L = L_task(f(X), y)``."""
 

@@ -7,9 +7,11 @@ from typing import Optional
 
 from ..losses import MCRLoss
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, log_uniform
+from .base import Method, register
 
 
+@register
 class MCR(Method):
     """Algorithm 1: ``L = L_task + unimodal_weight * sum_m L_task^m + L_MCR``.
 
@@ -26,8 +28,8 @@ class MCR(Method):
     class Hyperparameters:
         unimodal_weight: float = 1.0
         strategy: str = "greedy"
-        mipd_weight: float = 0.1
-        contrastive_weight: float = 1.0
+        mipd_weight: float = hparam(0.1, search=log_uniform(0.01, 1.0))  # paper: 0.1
+        contrastive_weight: float = hparam(1.0, search=log_uniform(0.05, 5.0))  # paper: 1.0
         ceb_weight: float = 0.0
         num_permutations: int = 32
         temperature: float = 0.5
@@ -44,14 +46,6 @@ class MCR(Method):
         kwargs = {k: v for k, v in vars(self.hparams).items() if k != "unimodal_weight"}
         self.regularizer = MCRLoss(**kwargs).bind(model)
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate, the MIPD game weight and the contrastive weight (log scale
-        around the paper's 0.1 and 1.0)."""
-        space = super().search_space(trial)
-        space["method.mipd_weight"] = trial.suggest_float("method.mipd_weight", 0.01, 1.0, log=True)
-        space["method.contrastive_weight"] = trial.suggest_float("method.contrastive_weight", 0.05, 5.0, log=True)
-        return space
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
         terms = self.multiloss_terms(out, batch.labels, self.hparams.unimodal_weight)

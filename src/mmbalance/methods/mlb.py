@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, log_uniform
+from .base import Method, register
 
 
 def mlb_ratios(scores: Tensor, regression: bool = False) -> Tensor:
@@ -40,6 +41,7 @@ def mlb_coefficients(ratios: Tensor, alpha: float, beta: Optional[float] = None)
     return torch.where(ratios > 1, 1 + (beta - 1) * t, 1 + t)
 
 
+@register
 class MLB(Method):
     """``L = L_task(f(X), y) + unimodal_weight * sum_m L_task(f_um(X_m), y)``; after backward
     the gradients of modality m's encoder, its unimodal head and its fusion weight slice
@@ -64,18 +66,10 @@ class MLB(Method):
 
     @dataclass
     class Hyperparameters:
-        alpha: float = 1.0
-        beta: Optional[float] = None  # None: 1 + tanh(.) on both sides of r = 1
+        alpha: float = hparam(1.0, search=log_uniform(0.25, 4.0))
+        beta: Optional[float] = hparam(None, search=log_uniform(0.5, 10.0))  # None: 1 + tanh(.) both sides
         unimodal_weight: float = 1.0
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate, alpha and beta (the paper's settings: 0.5/10, 2.0/1, 2.0/0.5;
-        beta = 2 is the same as no beta)."""
-        space = super().search_space(trial)
-        space["method.alpha"] = trial.suggest_float("method.alpha", 0.25, 4.0, log=True)
-        space["method.beta"] = trial.suggest_float("method.beta", 0.5, 10.0, log=True)
-        return space
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, log_uniform
+from .base import Method, register
 
 
 def cosine_logits(features: Tensor, weight: Tensor, scale: float) -> Tensor:
@@ -23,6 +24,7 @@ def cosine_logits(features: Tensor, weight: Tensor, scale: float) -> Tensor:
     return scale * F.normalize(features, dim=1) @ F.normalize(weight, dim=1).t()
 
 
+@register
 class MMCosine(Method):
     """Fused logits ``sum_m s * cos(z_m, W_m)`` of a concat-linear fusion, no bias; the loss
     is the task loss of that sum.
@@ -49,25 +51,15 @@ class MMCosine(Method):
     description = "MMCosine: fused logits are s times the cosine of each modality's features and weights"
     reference = ("Xu et al., MMCosine: Multi-Modal Cosine Loss Towards Balanced Audio-Visual Fine-Grained "
                  "Learning, ICASSP 2023")
+    requires = frozenset({"classification", "decomposable_fusion"})
 
     @dataclass
     class Hyperparameters:
-        scale: float = 10.0  # s; BalanceBenchmark uses 15
+        scale: float = hparam(10.0, search=log_uniform(5.0, 30.0))  # s; BalanceBenchmark uses 15
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate and the cosine scale s (10 official, 15 BalanceBenchmark)."""
-        space = super().search_space(trial)
-        space["method.scale"] = trial.suggest_float("method.scale", 5.0, 30.0, log=True)
-        return space
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        if model.task != "classification":
-            raise ConfigError("method 'mmcosine' needs classification; the model is a regressor")
-        if not getattr(model.fusion, "decomposable", False):
-            raise ConfigError("method 'mmcosine' normalizes each modality's slice of a linear fusion; "
-                              f"use model.fusion=concat_linear (got {type(model.fusion).__name__})")
         for m in model.modalities:
             self._weight_of(m)  # validates the structure now rather than at the first batch
 

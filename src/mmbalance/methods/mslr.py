@@ -10,7 +10,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, int_range
+from .base import Method, register
 
 
 def mslr_scale(init: float, accuracy: float, history: Sequence[float], window: int) -> float:
@@ -30,6 +31,7 @@ def mslr_scale(init: float, accuracy: float, history: Sequence[float], window: i
     return init * accuracy / mean if mean > 0 else init
 
 
+@register
 class MSLR(Method):
     """Fused task loss only; each modality's branch (encoder, unimodal head, fusion weight
     slice ``W_m``) is its own optimizer parameter group whose ``lr_scale`` is
@@ -53,23 +55,16 @@ class MSLR(Method):
     description = "MSLR: a learning rate per modality, rescaled by its validation accuracy each epoch"
     reference = ("Yao & Mihalcea, Modality-specific Learning Rates for Effective Multimodal Additive "
                  "Late-fusion, Findings of ACL 2022")
+    requires = frozenset({"classification", "decomposable_fusion"})
 
     @dataclass
     class Hyperparameters:
         init_scales: Optional[List[float]] = None  # one per modality, model order; None: all 1
-        window: int = 5
+        window: int = hparam(5, search=int_range(2, 20, log=True))  # k: 5 default, 10 AVE, 20 CREMA-D
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate and the accuracy window k (5 default, 10 AVE, 20 CREMA-D)."""
-        space = super().search_space(trial)
-        space["method.window"] = trial.suggest_int("method.window", 2, 20, log=True)
-        return space
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        if model.task != "classification" or not getattr(model.fusion, "decomposable", False):
-            raise ConfigError("method 'mslr' needs classification and a decomposable fusion (model.fusion=concat_linear)")
         init = self.hparams.init_scales or [1.0] * len(model.modalities)
         if len(init) != len(model.modalities) or min(init) <= 0 or self.hparams.window < 1:
             raise ConfigError(f"method.init_scales needs {len(model.modalities)} positive values "

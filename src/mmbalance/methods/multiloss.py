@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, log_uniform
+from .base import Method, register
 
 
+@register
 class MultiLoss(Method):
     """``L = L_task(f(X), y) + unimodal_weight * sum_m L_task(f_um(X_m), y)``."""
 
@@ -17,14 +19,8 @@ class MultiLoss(Method):
 
     @dataclass
     class Hyperparameters:
-        unimodal_weight: float = 1.0
+        unimodal_weight: float = hparam(1.0, search=log_uniform(0.1, 10.0))
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate and the weight of the unimodal losses."""
-        space = super().search_space(trial)
-        space["method.unimodal_weight"] = trial.suggest_float("method.unimodal_weight", 0.1, 10.0, log=True)
-        return space
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
         return LossTerms.from_terms(self.multiloss_terms(out, batch.labels, self.hparams.unimodal_weight))

@@ -8,9 +8,9 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, log_uniform
+from .base import Method, register
 
 
 def ogm_coefficients(scores: Tensor, alpha: float) -> Tensor:
@@ -32,6 +32,7 @@ def ogm_coefficients(scores: Tensor, alpha: float) -> Tensor:
     return torch.where(ratio > 1, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
 
 
+@register
 class OGM(Method):
     """On-the-fly Gradient Modulation: damps the gradient of the dominant modality's encoder.
 
@@ -57,27 +58,17 @@ class OGM(Method):
     description = "OGM: damps the dominant modality's encoder gradient by 1 - tanh(alpha * ratio)"
     reference = "Peng et al., Balanced Multimodal Learning via On-the-fly Gradient Modulation, CVPR 2022"
     gradient_noise = False
+    requires = frozenset({"classification", "decomposable_fusion"})
 
     @dataclass
     class Hyperparameters:
-        alpha: float = 0.8
+        alpha: float = hparam(0.8, search=log_uniform(0.05, 2.0))  # official 0.1 to 0.8
         start_epoch: int = 0
         end_epoch: int = 50
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate and alpha (official 0.1 to 0.8)."""
-        space = super().search_space(trial)
-        space["method.alpha"] = trial.suggest_float("method.alpha", 0.05, 2.0, log=True)
-        return space
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        if model.task != "classification":
-            raise ConfigError(f"method {self.name!r} needs classification (softmax scores); the model is a regressor")
-        if not getattr(model.fusion, "decomposable", False):
-            raise ConfigError(f"method {self.name!r} scores each modality's share of a linear fusion; "
-                              f"use model.fusion=concat_linear (got {type(model.fusion).__name__})")
         self.register_buffer("coefficients", torch.ones(len(model.modalities)))
         self.register_buffer("noise_steps", torch.zeros((), dtype=torch.long))
         # One seed for the gradient noise, the same on every DDP rank (the run seed).
@@ -135,6 +126,7 @@ class OGM(Method):
             self.noise_seed, self.epoch = int(state["noise_seed"]), int(state["epoch"])
 
 
+@register
 class OGMGE(OGM):
     """OGM-GE: OGM plus Gaussian noise ``N(0, std(g) + 1e-8)`` on the gradient ``g`` of every
     modulated encoder weight of EVERY modality (the generalization enhancement), with the

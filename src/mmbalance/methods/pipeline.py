@@ -4,16 +4,16 @@ The training loop runs each :class:`Stage` as an ordinary run in ``OUT/stages/<n
 (its own checkpoints and ``metrics.json``), then builds the pipeline method, hands it the
 stages' best checkpoints through :meth:`PipelineMethod.load_stages`, and trains it (or only
 evaluates it when ``trains_final`` is false). With ``--resume``, finished stages are skipped
-and an interrupted stage continues from its ``last.ckpt``.
+and an interrupted stage continues from its ``last.ckpt``. Reading checkpoints is the
+engine's job (``RunDir``); here a stage arrives as its method's ``state_dict``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Sequence
 
-import torch
+from torch import Tensor
 
 from .base import Method
 
@@ -39,16 +39,16 @@ class PipelineMethod(Method):
         """One ``unimodal`` stage per modality."""
         return [Stage(f"unimodal_{m}", "unimodal", {"modality": m}, m) for m in modalities]
 
-    def load_stages(self, checkpoints: Mapping[str, Path]) -> None:
+    def load_stages(self, states: Mapping[str, Mapping[str, Tensor]]) -> None:
         """Copies each stage's trained encoder and unimodal head into this method's model.
 
         Args:
-            checkpoints: stage name -> the stage's best checkpoint.
+            states: stage name -> the stage method's ``state_dict`` (from its best
+                checkpoint, ``RunDir.method_state``).
         """
         stages = {s.name: s for s in self.stages(self.model.modalities)}
-        for name, path in checkpoints.items():
+        for name, state in states.items():
             m = stages[name].modality
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
             for part, module in (("encoders", self.model.encoders[m]), ("heads", self.model.heads[m])):
-                prefix = f"method.model.{part}.{m}."
+                prefix = f"model.{part}.{m}."
                 module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .hparams import hparam, log_uniform
+from .base import Method, register
 
 
 def prototype_weights(scores: Tensor, alpha: float) -> Tensor:
@@ -27,6 +27,7 @@ def prototype_weights(scores: Tensor, alpha: float) -> Tensor:
     return torch.where(scores < scores.max(), alpha, 0.0).to(scores.dtype)
 
 
+@register
 class PMR(Method):
     """``L = L_task(f(X), y) + sum_m w_m CE(-||z_m - P_m||, y)``: each modality's features
     (B, D_m) are classified by their negative Euclidean distance to class prototypes
@@ -52,25 +53,18 @@ class PMR(Method):
     name = "pmr"
     description = "PMR: prototype (class-mean) classification loss on the weaker modality's encoder"
     reference = "Fan et al., PMR: Prototypical Modal Rebalance for Multimodal Learning, CVPR 2023"
+    requires = frozenset({"classification"})
 
     @dataclass
     class Hyperparameters:
-        alpha: float = 1.0
+        alpha: float = hparam(1.0, search=log_uniform(0.1, 5.0))  # the prototype loss weight, 1.0 official
         momentum: float = 0.2
         start_epoch: int = 0
         end_epoch: int = 100
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate and alpha, the prototype loss weight (1.0 official)."""
-        space = super().search_space(trial)
-        space["method.alpha"] = trial.suggest_float("method.alpha", 0.1, 5.0, log=True)
-        return space
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        if model.task != "classification":
-            raise ConfigError("method 'pmr' needs classification (class prototypes); the model is a regressor")
         for i, m in enumerate(model.modalities):
             self.register_buffer(f"prototypes_{i}", torch.zeros(model.num_classes, model.feature_dims[m]))
         self.register_buffer("prototype_epoch", torch.tensor(-1))

@@ -9,9 +9,10 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method
+from .base import Method, register
 
 
+@register
 class Unimodal(Method):
     """Trains ``f_cm(f_m(X_m))`` for one modality m; only its encoder and head change."""
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List
 
 from ..types import Batch, LossTerms, ModelOutput
+from .hparams import hparam, log_uniform
+from .base import register
 from .pipeline import PipelineMethod
 
 
@@ -20,6 +22,7 @@ class _UniPre(PipelineMethod):
         return LossTerms.from_terms({"task": self.task_loss(out.logits, batch.labels)})
 
 
+@register
 class UniPreFrozen(_UniPre):
     """Frozen pre-trained encoders (weights and BatchNorm statistics); fusion trained.
 
@@ -43,6 +46,7 @@ class UniPreFrozen(_UniPre):
         return self
 
 
+@register
 class UniPreFinetuned(_UniPre):
     """Pre-trained encoders finetuned with the fusion; the encoders' learning rate is scaled
     by ``encoder_lr_scale`` (paper A.4: one magnitude lower when finetuning)."""
@@ -52,14 +56,8 @@ class UniPreFinetuned(_UniPre):
 
     @dataclass
     class Hyperparameters:
-        encoder_lr_scale: float = 0.1
+        encoder_lr_scale: float = hparam(0.1, search=log_uniform(0.01, 1.0))  # paper A.4: 0.1
 
-    @classmethod
-    def search_space(cls, trial):
-        """The learning rate and the encoders' learning-rate scale (paper A.4: 0.1)."""
-        space = super().search_space(trial)
-        space["method.encoder_lr_scale"] = trial.suggest_float("method.encoder_lr_scale", 0.01, 1.0, log=True)
-        return space
 
     def param_groups(self) -> List[Dict[str, Any]]:
         encoders = [p for m in self.model.modalities for p in self.model.modality_parameters(m)]

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
-from ..data import DATASETS, DataBundle, SyntheticSpec, from_arrays, load_array_file, make_synthetic
+from ..data import DATASETS, DataBundle, from_arrays, load_array_file, make_synthetic
 from ..errors import ConfigError
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
@@ -20,11 +20,7 @@ def build_data(cfg: RunConfig) -> DataBundle:
     or a path to a ``.npz``/``.h5`` file."""
     d = cfg.data
     if cfg.data_spec == "synthetic":
-        spec = SyntheticSpec(n=d.n, shared=d.shared, unique1=d.unique1, unique2=d.unique2,
-                             num_classes=d.num_classes, latent_dim=d.latent_dim, dim=d.dim,
-                             signal=(d.signal1, d.signal2), noise=(d.noise1, d.noise2),
-                             depth=(d.depth1, d.depth2), seed=d.seed)
-        arrays = make_synthetic(spec)
+        arrays = make_synthetic(d)  # DataConfig is a SyntheticSpec
         data = from_arrays({"x1": arrays["x1"], "x2": arrays["x2"]}, arrays["label"], arrays["split"],
                            standardize=d.standardize, source="synthetic", extras={"kind": arrays["kind"]})
         return DataBundle.from_arrays(data)

@@ -1,4 +1,10 @@
-"""The one training loop: a LightningModule that drives any :class:`Method` through its hooks."""
+"""The one training loop: a LightningModule that drives any :class:`Method` through its hooks.
+
+Each batch is :func:`mmbalance.engine.train_step` (the same step the speed benchmark
+times); Lightning contributes its backward (precision, DDP), its optimizer wrapper,
+gradient clipping, checkpoints and logging. The optimizer is therefore driven manually,
+and the per-epoch schedule is stepped at the end of each training epoch.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,11 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, 
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..config import RunConfig
+from ..engine import LRSchedule, build_optimizer, train_step
+from ..engine.step import BALANCE
 from ..errors import NonFiniteLossError
 from ..methods import Method
 from ..types import Batch, LossTerms
-from .optim import LRSchedule, build_optimizer
 
 
 def _metrics(task: str, num_classes: int) -> MetricCollection:
@@ -40,6 +47,7 @@ class BalanceModule(L.LightningModule):
 
     def __init__(self, method: Method, cfg: RunConfig, metrics=None) -> None:
         super().__init__()
+        self.automatic_optimization = False  # engine.train_step runs backward and the step
         self.method, self.cfg = method, cfg
         model = method.model
         self.task = model.task
@@ -78,18 +86,25 @@ class BalanceModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
         inputs, labels = batch
-        b = Batch(inputs, labels)
-        out = self.method(b.inputs)
-        loss: LossTerms = self.method.training_loss(b, out)
+        loss = train_step(self.method, Batch(inputs, labels), self.optimizers(), backward=self.manual_backward,
+                          clip=self._clip, on_nonfinite=self._nonfinite)
         if not torch.isfinite(loss.total):
-            return self._nonfinite(loss)
+            return None  # skipped (trainer.skip_nonfinite)
         size = labels.shape[0]
         self.log("train/loss", loss.total.detach(), prog_bar=True, batch_size=size)
         for name, value in loss.terms.items():
             self.log(f"train/{name}", value.detach().float(), batch_size=size)
         for name, value in loss.logs.items():
-            self.log(f"train/{name}", float(value), batch_size=size)
-        return loss.total
+            if name.startswith(BALANCE):  # what the method's gradient edit reported
+                self.log(name, float(value), on_step=True, on_epoch=False)
+            else:
+                self.log(f"train/{name}", float(value), batch_size=size)
+        return loss.total.detach()
+
+    def _clip(self) -> None:
+        if self.cfg.optim.grad_clip:
+            self.clip_gradients(self.optimizers(), gradient_clip_val=self.cfg.optim.grad_clip,
+                                gradient_clip_algorithm="norm")
 
     def _nonfinite(self, loss: LossTerms) -> None:
         bad = [k for k, v in loss.terms.items() if not torch.isfinite(v)] or ["total"]
@@ -101,16 +116,13 @@ class BalanceModule(L.LightningModule):
         self.nonfinite_steps += 1
         return None
 
-    def on_after_backward(self) -> None:
-        for name, value in self.method.after_backward().items():
-            self.log(f"balance/{name}", float(value), on_step=True, on_epoch=False)
-
     def on_train_epoch_start(self) -> None:
         self._log_hook(self.method.on_epoch_start(self.current_epoch, self.trainer.train_dataloader))
 
     def on_train_epoch_end(self) -> None:
         self._log_hook(self.method.on_epoch_end(self.current_epoch))
         self.log("nonfinite_steps", float(self.nonfinite_steps))
+        self.lr_schedulers().step()  # manual optimization: Lightning leaves the schedule to us
 
     def _log_hook(self, values: Dict[str, float]) -> None:
         for name, value in values.items():
@@ -173,5 +185,5 @@ class BalanceModule(L.LightningModule):
         schedule = LRSchedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
-    def lr_scheduler_step(self, scheduler, metric) -> None:
+    def lr_scheduler_step(self, scheduler, metric) -> None:  # not called under manual optimization
         scheduler.step()

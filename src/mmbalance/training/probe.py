@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..engine import RunDir
 from ..errors import ConfigError
 
 
@@ -171,7 +172,7 @@ class LinearProbe(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.out_dir is not None and self.history and trainer.is_global_zero:
-            plot_probes(self.history, Path(self.out_dir) / "probes.png")
+            plot_probes(self.history, RunDir(self.out_dir).probes_plot)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"history": list(self.history)}

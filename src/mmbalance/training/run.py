@@ -3,44 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict
 
 import lightning as L
-import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from ..config import RunConfig
+from ..engine import RunDir, atomic_write_text
 from ..errors import ConfigError
 from ..methods import get_method
-from .checkpoint_io import AtomicCheckpointIO
 from .build import build_data, build_method, build_model, loaders
+from .checkpoint_io import AtomicCheckpointIO
 from .module import BalanceModule
 from .probe import probe_callbacks, probe_metrics
-from ..analysis.predictions import save_predictions
 
 MINIMISED = ("mae", "mse")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file, fsync and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+__all__ = ["MINIMISED", "atomic_write_text", "train"]
 
 
 def _strategy(cfg: RunConfig):
     if cfg.trainer.strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
         return DDPStrategy(find_unused_parameters=True)  # unimodal stages leave encoders unused
     return cfg.trainer.strategy
 
@@ -57,27 +45,26 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     Returns:
         The metrics written to ``metrics.json``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last = out / "checkpoints" / "last.ckpt"
+    out = RunDir(out_dir).mkdir()
+    last = out.last_checkpoint
     method_cls = get_method(cfg.method)
-    pipeline = getattr(method_cls, "is_pipeline", False)
-    if resume and not last.exists() and not (pipeline and (out / "stages").exists()):
+    pipeline = method_cls.is_pipeline
+    if resume and not last.exists() and not (pipeline and out.stages.exists()):
         raise ConfigError(f"--resume: no checkpoint at {last}")
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    out.write_config(cfg.to_dict())
     stages = _run_stages(cfg, method_cls, out, resume) if pipeline else {}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     method = build_method(cfg, build_model(data, cfg))
     if stages:
-        method.load_stages({name: out / "stages" / name / "checkpoints" / "best.ckpt" for name in stages})
+        method.load_stages(out.stage_states(stages))
     module = BalanceModule(method, cfg, metrics=data.metrics)
     module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
     trainer, checkpoint = _trainer(cfg, out)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec).*")
-        if getattr(method_cls, "trains_final", True):
+        if method_cls.trains_final:
             trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
         seconds = time.perf_counter() - start
         nonfinite_steps = module.nonfinite_steps  # loading the best checkpoint restores an older count
@@ -97,43 +84,42 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     metrics.update(probe_metrics(trainer))
     _flag_nonfinite(metrics)
     if trainer.is_global_zero:
-        save_predictions(module.method, test_dl, out)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+        out.write_predictions(module.method, test_dl)
+        out.write_metrics(metrics)
     return metrics
 
 
-def _run_stages(cfg: RunConfig, method_cls, out: Path, resume: bool) -> Dict[str, Dict[str, Any]]:
+def _run_stages(cfg: RunConfig, method_cls, out: RunDir, resume: bool) -> Dict[str, Dict[str, Any]]:
     """Runs (or, on resume, skips or continues) each stage of a pipeline method."""
     results: Dict[str, Dict[str, Any]] = {}
     for stage in method_cls.stages(list(build_data(cfg).shapes)):
-        stage_dir = out / "stages" / stage.name
-        done = stage_dir / "metrics.json"
-        if resume and done.exists():
-            results[stage.name] = json.loads(done.read_text())
+        stage_dir = out.stage(stage.name)
+        if resume and stage_dir.is_finished():
+            results[stage.name] = stage_dir.read_metrics()
             continue
         stage_method = get_method(stage.method)
         stage_cfg = dataclasses.replace(cfg, method=stage.method,
                                         hparams=stage_method.Hyperparameters(**stage.hparams))
-        partial = resume and (stage_dir / "checkpoints" / "last.ckpt").exists()
-        results[stage.name] = train(stage_cfg, stage_dir, resume=partial)
+        partial = resume and stage_dir.last_checkpoint.exists()
+        results[stage.name] = train(stage_cfg, stage_dir.path, resume=partial)
     return results
 
 
-def _trainer(cfg: RunConfig, out: Path):
+def _trainer(cfg: RunConfig, out: RunDir):
     t = cfg.trainer
     monitor = f"val/{t.monitor}"
     mode = "min" if t.monitor in MINIMISED else "max"
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
+    checkpoint = ModelCheckpoint(dirpath=out.checkpoints, filename=RunDir.BEST, monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [checkpoint, *probe_callbacks(cfg, out)]
+    callbacks = [checkpoint, *probe_callbacks(cfg, out.path)]
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.patience))
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=_strategy(cfg),
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(out), name="logs"), num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=cfg.optim.grad_clip or None, enable_progress_bar=t.progress,
-        enable_model_summary=False, log_every_n_steps=t.log_every_n_steps, default_root_dir=str(out))
+        logger=CSVLogger(save_dir=str(out.path), name=RunDir.LOGS), num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress,  # clipping: BalanceModule
+        enable_model_summary=False, log_every_n_steps=t.log_every_n_steps, default_root_dir=str(out.path))
     return trainer, checkpoint
 
 

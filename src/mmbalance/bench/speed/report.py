@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
+
+from .cells import Setting, SpeedVariant, fused_rows, mipd_terms
+from .timing import Timing
+
+CSV_COLUMNS = ["setting", "method", "ms_per_step", "peak_memory_mb"]
+DETAIL_COLUMNS = ["setting", "method", "base_method", "hyperparameters", "batch", "modalities", "mipd_terms",
+                  "fused_rows", "ms_per_step", "ms_p25", "ms_p75", "cpu_ms_per_step", "samples", "steps_per_sample",
+                  "peak_memory_mb", "base_memory_mb", "step_memory_mb", "saved_for_backward_mb"]
+MODALITY_COLUMNS = ["setting", "modalities", "method", "mipd_terms", "ms_per_step", "peak_memory_mb"]
 
 #: Issue targets for setting (b): mcr with P = 32 against multiloss.
 TARGETS = {"setting": "cremad", "method": "mcr_p32", "reference": "multiloss", "time": 1.10, "memory": 1.15}
@@ -40,7 +50,6 @@ def setting_table(cells: Sequence) -> List[str]:
     mem = {k: c.peak_mb for k, c in by_label.items()}
     lines = ["| method | ms/step | x joint | x multiloss | peak MB | x joint | x multiloss | saved for backward MB "
              "| MIPD fused rows |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    from .speed import fused_rows
     for c in cells:
         k = c.variant.label
         lines.append(f"| {k} | {_num(ms[k])} | {_ratio(ms[k], ms.get('joint'))} | {_ratio(ms[k], ms.get('multiloss'))} "
@@ -74,7 +83,6 @@ def target_lines(results: Sequence, quick: bool = False) -> List[str]:
 
 def modality_table(cells: Sequence) -> List[str]:
     """M sweep: MIPD terms and ms/step of multiloss, mcr over all subsets and singletons only."""
-    from .speed import mipd_terms
     grouped: Dict[tuple, Dict[str, object]] = defaultdict(dict)
     for c in cells:
         grouped[(c.setting.name, len(c.setting.names))][c.variant.label] = c
@@ -113,3 +121,35 @@ def markdown_report(results: Sequence, modality_results: Sequence, env: Mapping[
     if modality_results:
         lines += ["", "## MIPD terms as modalities grow (M = 2, 3, 4)", ""] + modality_table(modality_results)
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class CellResult:
+    setting: Setting
+    variant: SpeedVariant
+    timing: Timing
+    peak_mb: float = float("nan")
+    base_mb: float = float("nan")
+    saved_mb: float = float("nan")
+
+    def row(self) -> Dict[str, object]:
+        return {"setting": self.setting.name, "method": self.variant.label,
+                "ms_per_step": f"{self.timing.median:.2f}", "peak_memory_mb": fmt(self.peak_mb, 1)}
+
+    def detail(self) -> Dict[str, object]:
+        return {"setting": self.setting.name, "method": self.variant.label, "base_method": self.variant.method,
+                "hyperparameters": self.variant.describe(), "batch": self.setting.batch,
+                "modalities": "+".join(self.setting.names),
+                "mipd_terms": mipd_terms(self.variant, self.setting.names),
+                "fused_rows": fused_rows(self.variant, self.setting),
+                "ms_per_step": f"{self.timing.median:.2f}", "ms_p25": f"{self.timing.quantile(0.25):.2f}",
+                "ms_p75": f"{self.timing.quantile(0.75):.2f}", "cpu_ms_per_step": fmt(self.timing.cpu_median, 2),
+                "samples": len(self.timing.samples),
+                "steps_per_sample": self.timing.steps_per_sample, "peak_memory_mb": fmt(self.peak_mb, 1),
+                "base_memory_mb": fmt(self.base_mb, 1), "step_memory_mb": fmt(self.peak_mb - self.base_mb, 1),
+                "saved_for_backward_mb": fmt(self.saved_mb, 2)}
+
+
+def fmt(value: float, digits: int) -> str:
+    return "" if value != value else f"{value:.{digits}f}"
+

@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from .cells import mipd_terms
+
 
 def _plt():
     import matplotlib
@@ -61,7 +63,6 @@ def plot_modalities(results: Sequence, path: Path) -> Path:
     """Per swept setting: ms/step relative to multiloss (same M) against M, for MCR over all
     2^M - 2 subsets and over singletons only (``max_subset_size=1``), each point labelled
     with its number of MIPD terms."""
-    from .speed import mipd_terms
     plt = _plt()
     by_setting: Dict[str, List] = defaultdict(list)
     for c in results:

@@ -1,10 +1,16 @@
-"""``mmbalance bench speed``: registered through ``bench/cli.py::BENCH_MODULES``. Import
-work (torch, the benchmark) stays inside the command."""
+"""``mmbalance bench speed``: registered through ``bench/cli.py::BENCH_MODULES``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import torch
+
+from ...errors import ConfigError
+from .cells import variant_by_label
+from .profile import profile_cells
+from .run import SpeedConfig, resolve_settings, run_speed
 
 
 def register_bench(bench_sub) -> None:
@@ -29,35 +35,30 @@ def register_bench(bench_sub) -> None:
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from . import speed
-
     for flag, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--profile-steps", args.profile_steps),
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     if args.device.startswith("cuda"):
-        import torch
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
     try:
         for label in list(args.methods or []) + list(args.profile or []):
-            speed.variant_by_label(label)
-        cfg = speed.SpeedConfig(out=Path(args.out), quick=args.quick, settings=tuple(args.settings),
+            variant_by_label(label)
+        cfg = SpeedConfig(out=Path(args.out), quick=args.quick, settings=tuple(args.settings),
                                 methods=tuple(args.methods) if args.methods else None, sweeps=not args.no_sweeps,
                                 device=args.device, precision=args.precision, batch=args.batch,
                                 repeats=args.repeats, memory=not args.no_memory, threads=args.threads)
-        settings = speed.resolve_settings(cfg)
+        settings = resolve_settings(cfg)
     except KeyError as exc:
         raise ConfigError(str(exc.args[0])) from None
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
     if args.profile:
-        speed.profile_cells(settings[0], args.profile, Path(args.out), steps=args.profile_steps, device=args.device,
+        profile_cells(settings[0], args.profile, Path(args.out), steps=args.profile_steps, device=args.device,
                             precision=args.precision, log=lambda line: print(line, flush=True))
         return 0
-    paths = speed.run_speed(cfg, log=lambda line: print(line, flush=True))
+    paths = run_speed(cfg, log=lambda line: print(line, flush=True))
     print((Path(args.out) / "speed.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ..config import build_config, parse_set_items
+from ..errors import ConfigError
+
 
 def register(subparsers: Any) -> None:
     """Adds ``mmbalance data throughput`` to the command line."""
@@ -30,9 +33,6 @@ def register(subparsers: Any) -> None:
 
 def cmd_throughput(args: argparse.Namespace) -> int:
     """Runs the command: a table on stdout (and JSON with ``--out``)."""
-    from ..config import parse_set_items
-    from ..errors import ConfigError
-
     if bool(args.data) == bool(args.fixtures):
         raise ConfigError("data throughput needs exactly one of --data NAME or --fixtures")
     overrides = parse_set_items(args.set)
@@ -49,8 +49,8 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 def fixture_throughput(overrides: Dict[str, Any], batches: int) -> List[Dict[str, Any]]:
     """:func:`measure` for every built-in dataset on its fixture (small frames and audio
     unless ``overrides`` say otherwise)."""
-    from . import DATASETS
-    from .fixtures import write_fixture
+    from ..data import DATASETS  # torch and the readers: loaded by the command only
+    from ..testing.fixtures import write_fixture
 
     small = {"data.image_size": 32, "data.audio_seconds": 1.0, "data.batch_size": 4, "model.base_width": 8}
     rows = []
@@ -69,8 +69,7 @@ def measure(data_spec: str, overrides: Dict[str, Any], batches: int = 20) -> Lis
     Returns:
         One row per split and one for the model: dataset, stage, samples, seconds, samples_per_s.
     """
-    from ..config import build_config
-    from ..training.build import build_data, loaders
+    from ..training.build import build_data, loaders  # loads Lightning: inside the command
 
     cfg = build_config("joint", data_spec, overrides)
     bundle = build_data(cfg)

@@ -1,0 +1,44 @@
+"""``mmbalance bench speed``: what each balancing method costs per training step.
+
+Every method is driven exactly as the training loop drives it, without Lightning around
+it: ``optimizer.zero_grad`` -> ``method(inputs)`` -> ``method.training_loss`` -> the
+loop's finiteness check -> ``loss.total.backward()`` -> ``method.after_backward()`` ->
+``optimizer.step()`` (Adam over ``method.param_groups()``, as
+:func:`mmbalance.engine.build_optimizer` builds it): :func:`mmbalance.engine.train_step`. The same function runs every
+method, on one random batch per setting.
+
+Timing: all cells of a setting live in one process (one model, one optimizer per method)
+and are timed in interleaved rounds (the order rotates every round), after warm-up
+rounds; a sample is the mean of enough consecutive steps to last ``min_sample_s``, and a
+cell's figure is the median of its samples. Memory: each cell again in a fresh process
+(forked from a server that has only imported torch and mmbalance), a few steps, then the
+process's peak resident set (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
+
+Settings (``SETTINGS``; ``--quick`` shrinks (b) and (c) so the whole command takes a
+minute or two):
+
+- ``synthetic`` (a): the synthetic MLP model, two 100-d modalities, 5 classes, batch 64.
+- ``cremad`` (b): ResNet-18 audio (257 x 188 log spectrogram) + ResNet-18 video
+  (3 frames of 3 x 224 x 224), 6 classes, batch 8 (``--batch 32`` on a GPU).
+- ``mosei`` (c): the 5-layer sequence Transformer (width 40, feed-forward 2048) on video
+  (50 x 35), audio (50 x 74) and text (50 x 300), batch 32; binary classification so that
+  the classification-only baselines (ogm_ge, agm) run too.
+Modules: ``cells`` (settings, variants, one step), ``timing``, ``memory`` (the fork
+server), ``profile``, ``report`` (CSV and markdown), ``plots``, ``run`` (the command).
+"""
+
+from .cells import (METHODS, MODALITY_SWEEP, MODALITY_VARIANTS, PERMUTATION_SWEEP, QUICK_SETTINGS, SETTINGS,
+                    MCRReencode, Runner, Setting, SpeedVariant, build_method, build_model, fused_rows, make_batch,
+                    make_optimizer, make_runner, mipd_terms, modality_setting, variant_by_label)
+from .memory import MemoryServer, measure_memory, memory_worker, saved_for_backward_mb
+from .profile import profile_cells
+from .report import CellResult
+from .run import Protocol, SpeedConfig, environment, protocol_for, resolve_settings, run_group, run_speed
+from .timing import Timing, time_interleaved
+
+__all__ = ["METHODS", "MODALITY_SWEEP", "MODALITY_VARIANTS", "PERMUTATION_SWEEP", "QUICK_SETTINGS", "SETTINGS",
+           "MCRReencode", "Runner", "Setting", "SpeedVariant", "build_method", "build_model", "fused_rows",
+           "make_batch", "make_optimizer", "make_runner", "mipd_terms", "modality_setting", "variant_by_label",
+           "MemoryServer", "measure_memory", "memory_worker", "saved_for_backward_mb", "profile_cells", "CellResult",
+           "Protocol", "SpeedConfig", "environment", "protocol_for", "resolve_settings", "run_group", "run_speed",
+           "Timing", "time_interleaved"]

@@ -1,0 +1,281 @@
+"""The cells of ``bench speed``: settings (a model and a batch), method variants, and a
+runner that performs one training step of a cell with :func:`mmbalance.engine.train_step`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ...config import OptimConfig
+from ...engine import build_optimizer, train_step
+from ...methods import get_method
+from ...methods.mcr import MCR
+from ...models import MultimodalModel, build_encoder
+from ...types import Batch, LossTerms, ModelOutput
+
+Log = Callable[[str], None]
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Setting:
+    """A model and a batch: modality -> (sample shape, encoder name), the encoder options
+    (``ModelConfig`` fields the factories read), classes and batch size."""
+
+    name: str
+    title: str
+    modalities: Tuple[Tuple[str, Tuple[int, ...], str], ...]
+    model_cfg: Tuple[Tuple[str, object], ...]
+    num_classes: int
+    batch: int
+
+    @property
+    def names(self) -> List[str]:
+        return [m for m, _, _ in self.modalities]
+
+    def describe(self) -> str:
+        shapes = ", ".join(f"{m} {'x'.join(map(str, s))} ({e})" for m, s, e in self.modalities)
+        return f"{self.title}: {shapes}; {self.num_classes} classes, batch {self.batch}"
+
+
+_MLP = (("feature_dim", 100), ("hidden", 100), ("layers", 2), ("dropout", 0.0))
+_SEQ = (("feature_dim", 40), ("hidden", 2048), ("layers", 5), ("dropout", 0.1))
+_SEQ_QUICK = (("feature_dim", 40), ("hidden", 256), ("layers", 2), ("dropout", 0.1))
+
+SETTINGS: Dict[str, Setting] = {
+    "synthetic": Setting("synthetic", "(a) synthetic MLP",
+                         (("x1", (100,), "mlp"), ("x2", (100,), "mlp")), _MLP, 5, 64),
+    "cremad": Setting("cremad", "(b) ResNet-18 audio+video, CREMA-D sizes",
+                      (("audio", (257, 188), "resnet18_audio"), ("video", (3, 3, 224, 224), "resnet18_video")),
+                      (("base_width", 64),), 6, 8),
+    "mosei": Setting("mosei", "(c) 5-layer sequence Transformer, MOSEI sizes",
+                     (("video", (50, 35), "transformer_seq"), ("audio", (50, 74), "transformer_seq"),
+                      ("text", (50, 300), "transformer_seq")), _SEQ, 2, 32),
+}
+QUICK_SETTINGS: Dict[str, Setting] = {
+    "synthetic": SETTINGS["synthetic"],
+    "cremad": Setting("cremad", "(b) ResNet-18 audio+video, --quick sizes (width 16, 64 px)",
+                      (("audio", (64, 48), "resnet18_audio"), ("video", (3, 3, 64, 64), "resnet18_video")),
+                      (("base_width", 16),), 6, 8),
+    "mosei": Setting("mosei", "(c) sequence Transformer, --quick sizes (2 layers, 20 steps)",
+                     (("video", (20, 35), "transformer_seq"), ("audio", (20, 74), "transformer_seq"),
+                      ("text", (20, 300), "transformer_seq")), _SEQ_QUICK, 2, 32),
+}
+#: Settings swept over M (``cost_vs_modalities.png``) and the modality counts.
+MODALITY_SWEEP = {"synthetic": (2, 3, 4), "mosei": (2, 3, 4)}
+
+
+def modality_setting(base: Setting, count: int) -> Setting:
+    """``base`` with ``count`` modalities. Synthetic: x1..xM, all 100-d MLPs. Sequence:
+    V-T (M = 2, the paper's pair), V-A-T (3), V-A-T plus a second audio-like stream (4)."""
+    mods = list(base.modalities)
+    if base.name == "mosei":
+        by_name = {m[0]: m for m in mods}
+        audio = by_name["audio"]
+        choices = {2: [by_name["video"], by_name["text"]], 3: [by_name["video"], audio, by_name["text"]],
+                   4: [by_name["video"], audio, by_name["text"], ("audio2", audio[1], audio[2])]}
+        if count not in choices:
+            raise ValueError(f"the sequence setting has 2, 3 or 4 modalities, not {count}")
+        return dataclasses.replace(base, modalities=tuple(choices[count]))
+    first = mods[0]
+    return dataclasses.replace(base, modalities=tuple((f"x{i + 1}", first[1], first[2]) for i in range(count)))
+
+
+def build_model(setting: Setting, seed: int = 0) -> MultimodalModel:
+    """The setting's model (registry encoders; ``concat_linear`` fusion unless the setting's
+    ``model_cfg`` names another ``fusion``), seeded."""
+    torch.manual_seed(seed)
+    cfg = SimpleNamespace(**dict(setting.model_cfg))
+    encoders = {m: build_encoder(enc, shape, cfg, modality=m) for m, shape, enc in setting.modalities}
+    return MultimodalModel(encoders, setting.num_classes, fusion=getattr(cfg, "fusion", "concat_linear"))
+
+
+def make_batch(setting: Setting, device: torch.device, seed: int = 1) -> Batch:
+    """One random batch of the setting's shapes (labels cover the classes)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn((setting.batch, *shape), generator=g).to(device) for m, shape, _ in setting.modalities}
+    labels = (torch.arange(setting.batch) % setting.num_classes)[torch.randperm(setting.batch, generator=g)]
+    return Batch(inputs, labels.to(device))
+
+
+# ----------------------------------------------------------------------------- methods
+class MCRReencode(MCR):
+    """Reference only (not registered): MCR as the authors' code computes it, with a SECOND
+    pass of the whole batch through the model (in eval mode, gradients kept) whose features
+    feed the regularizer. Same loss terms as :class:`~mmbalance.methods.MCR`; what it adds is
+    the encoders' second forward and backward, the cost that latent permutations avoid."""
+
+    name = "mcr_reencode"
+    description = "MCR with the authors' second encoder pass (benchmark reference only)"
+
+    def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            second = self.model(batch.inputs)
+        finally:
+            self.model.train(was_training)
+        terms = {"task": self.task_loss(out.logits, batch.labels)}
+        for m, loss in self.unimodal_losses(out, batch.labels).items():
+            terms[f"unimodal/{m}"] = self.hparams.unimodal_weight * loss
+        latent = ModelOutput(logits=out.logits, unimodal_logits=out.unimodal_logits, features=second.features)
+        reg = self.regularizer(self.model, latent, batch.labels, inputs=batch.inputs)
+        terms.update(reg.terms)
+        return LossTerms.from_terms(terms, reg.logs)
+
+
+@dataclass(frozen=True)
+class SpeedVariant:
+    """One row of the table: a registered method (or ``mcr_reencode``) with fixed
+    hyperparameters and, for MCR, an optional ``chunk_size`` on its regularizer."""
+
+    label: str
+    method: str
+    hparams: Tuple[Tuple[str, object], ...] = ()
+    chunk_size: Optional[int] = None
+
+    def describe(self) -> str:
+        items = list(self.hparams) + ([("chunk_size", self.chunk_size)] if self.chunk_size else [])
+        return ", ".join(f"{k}={v}" for k, v in items)
+
+
+def _mcr(label: str, permutations: int = 32, **extra) -> SpeedVariant:
+    chunk = extra.pop("chunk_size", None)
+    method = extra.pop("method", "mcr")
+    return SpeedVariant(label, method, (("num_permutations", permutations),) + tuple(sorted(extra.items())), chunk)
+
+
+#: The table's methods (the issue's list), in report order.
+METHODS: Tuple[SpeedVariant, ...] = (
+    SpeedVariant("joint", "joint"), SpeedVariant("multiloss", "multiloss"), SpeedVariant("ogm_ge", "ogm_ge"),
+    SpeedVariant("mlb", "mlb"), SpeedVariant("agm", "agm"),
+    _mcr("mcr_p1", 1), _mcr("mcr_p8", 8), _mcr("mcr_p32", 32),
+    _mcr("mcr_input_noise_p4", 4, perturbation="input_noise"),
+    _mcr("mcr_input_zero", 1, perturbation="input_zero"),
+    _mcr("mcr_reencode", 32, method="mcr_reencode"),
+)
+#: Extra cells for ``cost_vs_permutations.png`` (timed with the table, in the same rounds).
+PERMUTATION_SWEEP: Tuple[SpeedVariant, ...] = (
+    _mcr("mcr_p128", 128),
+    _mcr("mcr_p128_chunk512", 128, chunk_size=512),
+    _mcr("mcr_input_noise_p1", 1, perturbation="input_noise"),
+    _mcr("mcr_input_noise_p2", 2, perturbation="input_noise"),
+)
+#: Cells of the M sweep: every subset vs singletons only (``max_subset_size=1``).
+MODALITY_VARIANTS: Tuple[SpeedVariant, ...] = (
+    SpeedVariant("multiloss", "multiloss"),
+    _mcr("mcr_p32", 32),
+    _mcr("mcr_p32_singletons", 32, max_subset_size=1),
+)
+
+
+_PATTERNS = (
+    (re.compile(r"mcr_p(\d+)(?:_chunk(\d+))?(_singletons)?"), lambda p, c, s: _mcr(
+        f"mcr_p{p}" + (f"_chunk{c}" if c else "") + (s or ""), int(p),
+        **({"chunk_size": int(c)} if c else {}), **({"max_subset_size": 1} if s else {}))),
+    (re.compile(r"mcr_input_noise_p(\d+)"), lambda p: _mcr(f"mcr_input_noise_p{p}", int(p),
+                                                            perturbation="input_noise")),
+)
+
+
+def variant_by_label(label: str) -> SpeedVariant:
+    """A table label, or a pattern: ``mcr_p<P>[_chunk<N>][_singletons]``, ``mcr_input_noise_p<P>``."""
+    for v in METHODS + PERMUTATION_SWEEP + MODALITY_VARIANTS:
+        if v.label == label:
+            return v
+    for pattern, make in _PATTERNS:
+        match = pattern.fullmatch(label)
+        if match and all(int(g) >= 1 for g in match.groups() if g and g.isdigit()):
+            return make(*match.groups())
+    known = ", ".join(v.label for v in METHODS + PERMUTATION_SWEEP + MODALITY_VARIANTS)
+    raise KeyError(f"unknown speed benchmark method {label!r}; valid: {known}, or mcr_p<P>[_chunk<N>]"
+                   "[_singletons], mcr_input_noise_p<P>")
+
+
+def build_method(variant: SpeedVariant, model: MultimodalModel):
+    """The method object of ``variant`` on ``model`` (its own heads bound to the model)."""
+    cls = MCRReencode if variant.method == "mcr_reencode" else get_method(variant.method)
+    fields = {f.name for f in dataclasses.fields(cls.Hyperparameters)}
+    hp = {k: v for k, v in variant.hparams if k in fields}
+    method = cls(model, cls.Hyperparameters(**hp))
+    if variant.chunk_size is not None:
+        method.regularizer.mipd.chunk_size = variant.chunk_size
+    return method
+
+
+
+def mipd_terms(variant: SpeedVariant, modalities: Sequence[str]) -> int:
+    """Number of MIPD terms (subsets S) of an MCR variant, 0 for other methods."""
+    if not variant.method.startswith("mcr"):
+        return 0
+    hp = dict(variant.hparams)
+    largest = len(modalities) - 1
+    if hp.get("max_subset_size") is not None:
+        largest = min(largest, int(hp["max_subset_size"]))
+    return sum(math.comb(len(modalities), r) for r in range(1, largest + 1))
+
+
+def fused_rows(variant: SpeedVariant, setting: Setting) -> int:
+    """Rows given to ``model.fuse`` by the MIPD in one step (terms x B x P', P' = 1 for zero)."""
+    hp = dict(variant.hparams)
+    draws = 1 if hp.get("perturbation") == "input_zero" else int(hp.get("num_permutations", 0))
+    return mipd_terms(variant, setting.names) * setting.batch * draws
+
+
+# ----------------------------------------------------------------------------- one step
+@dataclass
+class Runner:
+    """A method, its optimizer and a batch: :meth:`step` is one training step as the loop
+    does it (:func:`mmbalance.engine.train_step`)."""
+
+    setting: Setting
+    variant: SpeedVariant
+    method: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: Batch
+    device: torch.device
+    autocast_dtype: Optional[torch.dtype] = None
+    regions: bool = False  # wrap the phases in profiler ranges
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def step(self) -> None:
+        train_step(self.method, self.batch, self.optimizer, autocast=self.autocast_dtype, regions=self.regions,
+                   on_nonfinite=_raise_nonfinite(self.variant.label))
+
+def make_optimizer(method, lr: float = 1e-4, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+    """Adam over the method's parameter groups, as the training loop builds it
+    (:func:`mmbalance.engine.build_optimizer`, ``optim.name=adam``)."""
+    return build_optimizer(method.param_groups(), OptimConfig(name="adam", lr=lr, weight_decay=weight_decay))
+
+
+def _raise_nonfinite(label: str) -> Callable[[LossTerms], None]:
+    def fail(loss: LossTerms) -> None:
+        raise FloatingPointError(f"{label}: non-finite loss")
+    return fail
+
+
+def make_runner(setting: Setting, variant: SpeedVariant, device: torch.device, precision: str = "fp32",
+                model: Optional[MultimodalModel] = None, seed: int = 0) -> Runner:
+    """Builds model (unless shared), method, optimizer and batch of one cell."""
+    model = model if model is not None else build_model(setting, seed).to(device)
+    model.train()
+    method = build_method(variant, model).to(device)
+    method.train()
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    return Runner(setting, variant, method, make_optimizer(method), make_batch(setting, device), device, dtype)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+

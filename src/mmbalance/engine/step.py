@@ -1,0 +1,72 @@
+"""One training step, as the loop runs it for every method.
+
+``zero_grad`` -> ``method(inputs)`` -> ``method.training_loss`` -> finiteness check ->
+backward -> ``method.after_backward()`` -> gradient clipping -> ``optimizer.step()``.
+The Lightning module (``training/module.py``) and the speed benchmark both call
+:func:`train_step`; Lightning only passes its own ``backward`` (precision scaling, DDP)
+and its optimizer wrapper.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import NonFiniteLossError
+from ..types import Batch, LossTerms
+
+#: prefix of the values ``Method.after_backward`` returned, in the step's ``LossTerms.logs``
+BALANCE = "balance/"
+
+
+def raise_nonfinite(loss: LossTerms) -> None:
+    """The default reaction to a non-finite loss: stop."""
+    bad = [k for k, v in loss.terms.items() if not torch.isfinite(v)] or ["total"]
+    raise NonFiniteLossError(f"non-finite loss: term {bad[0]!r} is {float(loss.terms.get(bad[0], loss.total))}")
+
+
+def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[Tensor], None]] = None,
+               clip: Optional[Callable[[], None]] = None,
+               on_nonfinite: Callable[[LossTerms], None] = raise_nonfinite,
+               autocast: Optional[torch.dtype] = None, regions: bool = False) -> LossTerms:
+    """Runs one optimization step of ``method`` on ``batch``.
+
+    Args:
+        method: a :class:`~mmbalance.methods.Method`.
+        batch: inputs and (B,) labels, already on the method's device.
+        optimizer: anything with ``zero_grad`` and ``step`` (a torch optimizer, or
+            Lightning's wrapper of one).
+        backward: how to backpropagate the total loss (default ``total.backward()``).
+        clip: called after ``after_backward``, before the optimizer step (gradient clipping).
+        on_nonfinite: called with a non-finite loss; if it returns, the step is skipped
+            (no backward, no update). Default: :func:`raise_nonfinite`.
+        autocast: dtype of an autocast region around forward and loss (None: none).
+        regions: wrap each phase in a ``torch.profiler`` range named ``step/<phase>``.
+
+    Returns:
+        The batch's loss terms; the values ``after_backward`` returned are added to
+        ``logs`` under ``balance/<name>``.
+    """
+    region = torch.profiler.record_function if regions else (lambda name: nullcontext())
+    device = batch.labels.device.type
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=autocast) if autocast is not None else nullcontext():
+        with region("step/forward"):
+            out = method(batch.inputs)
+        with region("step/training_loss"):
+            loss: LossTerms = method.training_loss(batch, out)
+    if not torch.isfinite(loss.total):  # a device sync on GPU, as in every loop that checks
+        on_nonfinite(loss)
+        return loss
+    with region("step/backward"):
+        (backward or Tensor.backward)(loss.total)
+    with region("step/after_backward"):
+        loss.logs.update({BALANCE + k: float(v) for k, v in method.after_backward().items()})
+    if clip is not None:
+        clip()
+    with region("step/optimizer"):
+        optimizer.step()
+    return loss
