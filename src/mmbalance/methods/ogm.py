@@ -62,7 +62,7 @@ class OGM(Method):
     class Hyperparameters:
         alpha: float = 0.8
         start_epoch: int = 0
-        end_epoch: int = 50
+        end_epoch: Optional[int] = 50  # last modulated epoch (0-based); None: no end (the MCR authors' runs)
 
     @classmethod
     def search_space(cls, trial):
@@ -103,7 +103,8 @@ class OGM(Method):
 
     def after_backward(self) -> Dict[str, float]:
         logs = {f"coeff/{m}": float(k) for m, k in zip(self.model.modalities, self.coefficients)}
-        if not self.hparams.start_epoch <= self.epoch <= self.hparams.end_epoch:
+        end = self.hparams.end_epoch
+        if not (self.hparams.start_epoch <= self.epoch and (end is None or self.epoch <= end)):
             return logs
         generators: Dict[torch.device, torch.Generator] = {}
         for m, k in zip(self.model.modalities, self.coefficients.tolist()):
