@@ -77,6 +77,7 @@ class ModelConfig:
     dropout: float = 0.0
     base_width: int = 64  # ResNet-18 stem width; 64 is the standard network (512-d features)
     pretrained: Optional[str] = None  # encoder 'pretrained': local Hugging Face dir, or audio=DIR,video=DIR
+    regression_loss: str = "mse"  # task loss of a regressor (one output): mse | l1 (the authors' MOSI/MOSEI runs)
 
 
 @dataclass
@@ -271,5 +272,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("data.shared + data.unique1 + data.unique2 must not exceed 1")
     if cfg.optim.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"optim.name {cfg.optim.name!r} is unknown; valid: adam, adamw, sgd")
+    if cfg.model.regression_loss not in ("mse", "l1"):
+        raise ConfigError(f"model.regression_loss {cfg.model.regression_loss!r} is unknown; valid: mse, l1")
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule {cfg.optim.schedule!r} is unknown; valid: cosine, constant")

@@ -103,6 +103,33 @@ def test_loss_gradient_matches_the_hand_built_two_modality_graph():
     assert torch.allclose(terms.total, F.cross_entropy(full, y), atol=1e-6)
 
 
+def test_coefficients_freeze_after_end_epoch_while_running_means_go_on():
+    # official: update_scale is not called after modulation_ends, the hooks keep the last scale
+    method = AGM(_model(), AGM.Hyperparameters(alpha=1.0, end_epoch=1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    history = []
+    for epoch in range(3):
+        x = {"a": torch.randn(6, 5), "v": torch.randn(6, 3)}  # a new batch: new scores
+        method.on_epoch_start(epoch)
+        method.training_loss(Batch(x, y), method(x))
+        history.append((method.coefficients.clone(), method.running_scores.clone(), int(method.steps)))
+    assert not torch.equal(history[0][0], history[1][0])  # epoch 1 still updates
+    assert torch.equal(history[1][0], history[2][0])  # epoch 2 > end_epoch: frozen at epoch 1's value
+    assert history[2][2] == 3 and not torch.equal(history[1][1], history[2][1])
+
+
+def test_end_epoch_defaults_to_the_official_twenty_epochs_and_none_never_stops():
+    assert AGM.Hyperparameters().end_epoch == 19  # official modulation_ends 20, epochs counted from 1
+    method = AGM(_model(), AGM.Hyperparameters(end_epoch=None))
+    x = {"a": torch.randn(6, 5), "v": torch.randn(6, 3)}
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    method.on_epoch_start(10_000)
+    method.training_loss(Batch(x, y), method(x))
+    method.coefficients.fill_(7.0)
+    method.training_loss(Batch(x, y), method(x))
+    assert not torch.allclose(method.coefficients, torch.full((2,), 7.0))
+
+
 def test_three_modalities_rebuild_the_full_logits():
     torch.manual_seed(0)
     model = MultimodalModel({m: MLPEncoder(4, 3, hidden=5, layers=1) for m in "avt"}, 3)

@@ -85,6 +85,16 @@ def test_no_modulation_outside_the_epoch_window():
         assert torch.all(weight.grad == (0.25 if scaled else 1.0)), epoch
 
 
+def test_end_epoch_none_modulates_without_end():
+    method = OGM(_model(), OGM.Hyperparameters(end_epoch=None))
+    method.coefficients.copy_(torch.tensor([0.25, 1.0]))
+    method.on_epoch_start(10_000)
+    _ones_grads(method)
+    method.after_backward()
+    weight = next(p for p in method.model.modality_parameters("a") if p.dim() >= 2)
+    assert torch.all(weight.grad == 0.25)
+
+
 def test_refuses_non_decomposable_fusion_and_regression():
     with pytest.raises(ConfigError, match="concat_linear"):
         OGM(_model(fusion="concat_mlp"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Dict, FrozenSet, Mapping, Sequence
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -48,6 +48,11 @@ class AGM(Method):
     modality (larger loss) gets ``r < target`` and ``k > 1``; BalanceBenchmark flips this
     sign, here it is not flipped. ``T`` is updated AFTER ``k`` is computed. After backward,
     if any fusion weight gradient leaves [-1, 1], all gradients are clipped to norm 1.
+    After ``end_epoch`` (0-based, inclusive) the coefficients stop being updated and keep
+    their last value, while ``T`` goes on updating: the official code stops calling
+    ``update_scale`` after ``modulation_ends`` = 20 (epochs counted from 1, so the first 20
+    epochs, ``end_epoch=19`` here), and its backward hooks keep the last scale. The MCR
+    authors' AGM has this gate commented out (``end_epoch=None``: no end).
     Any fusion, M >= 2 (2^M - 2 extra forward passes), classification only.
 
     Optimizer: official SGD (momentum 0.9, weight decay 1e-4, StepLR(70, 0.1));
@@ -67,6 +72,7 @@ class AGM(Method):
     @dataclass
     class Hyperparameters:
         alpha: float = hparam(1.0, search=log_uniform(0.25, 4.0))  # CREMA-D runs: 1.5 to 3.0
+        end_epoch: Optional[int] = 19  # last epoch whose coefficients update; None: no end
 
 
     def __init__(self, model, hparams=None) -> None:
@@ -75,6 +81,18 @@ class AGM(Method):
         self.register_buffer("running_scores", torch.zeros(M))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("coefficients", torch.ones(M))
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int, train_loader=None) -> Dict[str, float]:
+        self.epoch = epoch
+        return {}
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def set_extra_state(self, state: Optional[Dict[str, Any]]) -> None:
+        if state:
+            self.epoch = int(state["epoch"])
 
     def coalition_outputs(self, inputs: Mapping[str, Tensor], full: Tensor) -> Dict[FrozenSet[str], Tensor]:
         """Fused (B, C) outputs of every non-empty coalition, the others' inputs zeroed, in
@@ -109,7 +127,9 @@ class AGM(Method):
         with torch.no_grad():
             probs = [shares[m].float().softmax(-1).gather(1, labels).clamp_min(1e-8) for m in self.model.modalities]
             scores = self.all_reduce_mean(torch.stack([-p.log().mean() for p in probs]))
-            self.coefficients.copy_(self.modulate(scores))
+            coefficients = self.modulate(scores)  # the running means update in every epoch
+            if self.hparams.end_epoch is None or self.epoch <= self.hparams.end_epoch:
+                self.coefficients.copy_(coefficients)
         logits = sum(scale_gradient(shares[m], float(k)) for m, k in zip(self.model.modalities, self.coefficients))
         return LossTerms.from_terms({"task": self.task_loss(logits, batch.labels)})
 

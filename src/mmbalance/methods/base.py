@@ -61,6 +61,7 @@ class Method(nn.Module):
     requires: ClassVar[FrozenSet[str]] = frozenset()
     is_pipeline: ClassVar[bool] = False  # trained in stages (methods/pipeline.py)
     trains_final: ClassVar[bool] = True  # a pipeline whose final stage only evaluates sets False
+    regression_loss: str = "mse"  # task loss of a regressor; build_method sets it from model.regression_loss
 
     def __init__(self, model: MultimodalModel, hparams: Any = None) -> None:
         super().__init__()
@@ -122,9 +123,14 @@ class Method(nn.Module):
 
     # -- helpers for subclasses -------------------------------------------------
     def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Cross-entropy for classification, MSE for regression (``num_classes == 1``)."""
+        """Cross-entropy for classification; for regression (``num_classes == 1``) the batch
+        mean of ``(y_hat - y)^2`` (``regression_loss="mse"``) or ``|y_hat - y|`` (``"l1"``, the
+        authors' MOSI/MOSEI trainer), set from ``model.regression_loss``."""
         if self.model.task == "regression":
-            return F.mse_loss(logits.float().reshape(-1), labels.float().reshape(-1))
+            pred, target = logits.float().reshape(-1), labels.float().reshape(-1)
+            if self.regression_loss == "l1":
+                return F.l1_loss(pred, target)
+            return F.mse_loss(pred, target)
         return F.cross_entropy(logits.float(), labels.long())
 
     def unimodal_losses(self, out: ModelOutput, labels: Tensor) -> Dict[str, Tensor]:

@@ -64,7 +64,7 @@ class OGM(Method):
     class Hyperparameters:
         alpha: float = hparam(0.8, search=log_uniform(0.05, 2.0))  # official 0.1 to 0.8
         start_epoch: int = 0
-        end_epoch: int = 50
+        end_epoch: Optional[int] = 50  # last modulated epoch (0-based); None: no end (the MCR authors' runs)
 
 
     def __init__(self, model, hparams=None) -> None:
@@ -94,7 +94,8 @@ class OGM(Method):
 
     def after_backward(self) -> Dict[str, float]:
         logs = {f"coeff/{m}": float(k) for m, k in zip(self.model.modalities, self.coefficients)}
-        if not self.hparams.start_epoch <= self.epoch <= self.hparams.end_epoch:
+        end = self.hparams.end_epoch
+        if not (self.hparams.start_epoch <= self.epoch and (end is None or self.epoch <= end)):
             return logs
         generators: Dict[torch.device, torch.Generator] = {}
         for m, k in zip(self.model.modalities, self.coefficients.tolist()):

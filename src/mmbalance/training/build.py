@@ -47,7 +47,9 @@ def build_model(data: DataBundle, cfg: RunConfig) -> MultimodalModel:
 
 def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:
     """The registered method with the configuration's hyperparameters."""
-    return get_method(cfg.method)(model, cfg.hparams)
+    method = get_method(cfg.method)(model, cfg.hparams)
+    method.regression_loss = cfg.model.regression_loss
+    return method
 
 
 def loaders(data: DataBundle, cfg: RunConfig, seed: int):
