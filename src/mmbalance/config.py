@@ -110,6 +110,7 @@ class TrainerConfig:
     progress: bool = True
     log_every_n_steps: int = 10
     probe_every: int = 0  # fit linear probes on each modality's frozen features every K epochs; 0: off
+    stage_cache: Optional[str] = None  # folder where unimodal stages are trained once per configuration
 
 
 @dataclass
@@ -208,7 +209,9 @@ def _coerce_field(obj: Any, name: str, value: Any, key: str, label: str = "") ->
     hints = typing.get_type_hints(type(obj))
     if name not in hints:
         own = type(obj).__dict__.get("__annotations__", {})  # a section's own keys first, inherited ones after
-        names = sorted((f.name for f in dataclasses.fields(obj)), key=lambda n: n not in own)
+        names = [f.name for f in dataclasses.fields(obj)]  # a method's: in declaration order
+        if not label:
+            names = sorted(names, key=lambda n: n not in own)
         valid = ", ".join(names) or "(none)"
         section = key.rsplit(".", 1)[0]
         where = f" for {label}" if label else ""

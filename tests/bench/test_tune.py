@@ -40,10 +40,11 @@ def test_every_search_space_gives_valid_overrides(name):
 
 def test_declared_spaces():
     fixed = optuna.trial.FixedTrial({"optim.lr": 3e-3, "method.mipd_weight": 0.2, "method.contrastive_weight": 0.5,
-                                     "method.unimodal_weight": 2.0})
+                                     "method.unimodal_weight": 2.0, "method.init": "unimodal"})
     assert Method.search_space(fixed) == {"optim.lr": 3e-3}
-    assert get_method("mcr").search_space(fixed) == {"optim.lr": 3e-3, "method.mipd_weight": 0.2,
-                                                     "method.contrastive_weight": 0.5}
+    assert get_method("mcr").search_space(fixed) == {  # issue 14.3: unimodal_weight and init too
+        "optim.lr": 3e-3, "method.mipd_weight": 0.2, "method.contrastive_weight": 0.5,
+        "method.unimodal_weight": 2.0, "method.init": "unimodal"}
     assert get_method("multiloss").search_space(fixed) == {"optim.lr": 3e-3, "method.unimodal_weight": 2.0}
     assert nested({"seed": 1, "optim.lr": 0.1, "method.a": 2}) == {"seed": 1, "optim": {"lr": 0.1}, "method": {"a": 2}}
 

@@ -74,7 +74,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         method = build_method(cfg, build_model(data, cfg))
-    stages = run.stage_names() if method.is_pipeline else []
+    stages = [s.name for s in method.stages(method.model.modalities, method.hparams)]
     if stages:
         method.load_stages(run.stage_states(stages))
     ckpt = run.checkpoint_to_load(metrics)

@@ -11,13 +11,15 @@ from ..config import OptimConfig
 
 
 def build_optimizer(groups: List[Dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD over ``groups``; a group's ``lr_scale`` (default 1) multiplies
-    ``cfg.lr`` and stays in the group so that a method can change it later."""
+    """Adam, AdamW or SGD over ``groups``; a group's ``lr_scale`` (default 1, a method may
+    change it later) and ``init_scale`` (default 1; ``method.encoder_lr_scale`` for encoders
+    that start from unimodal stages) multiply ``cfg.lr``."""
     prepared = []
     for group in groups:
         group = dict(group)
         group.setdefault("lr_scale", 1.0)
-        group["lr"] = cfg.lr * group["lr_scale"]
+        group.setdefault("init_scale", 1.0)
+        group["lr"] = cfg.lr * group["lr_scale"] * group["init_scale"]
         group.setdefault("base_lr", cfg.lr)
         prepared.append(group)
     if cfg.name == "sgd":
@@ -50,7 +52,7 @@ class LRSchedule:
     def _apply(self) -> None:
         f = self.factor()
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * group["lr_scale"] * f
+            group["lr"] = group["base_lr"] * group["lr_scale"] * group.get("init_scale", 1.0) * f
 
     def step(self) -> None:
         self.epoch += 1

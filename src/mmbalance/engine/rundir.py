@@ -115,6 +115,15 @@ class RunDir:
         """The run folder of pipeline stage ``name``."""
         return RunDir(self.stages / name)
 
+    def link_to(self, target: "RunDir") -> None:
+        """Makes this folder a (relative) symbolic link to ``target``, a cached stage."""
+        if self.path.is_symlink() or self.path.exists():
+            if self.path.resolve() == target.path.resolve():
+                return
+            raise DataError(f"{self.path} exists and is not the cached stage {target.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.symlink_to(os.path.relpath(target.path.resolve(), self.path.parent.resolve()))
+
     def stage_names(self) -> List[str]:
         """Stages that have a best checkpoint, sorted."""
         return sorted(p.parent.parent.name for p in self.stages.glob(f"*/{self.CHECKPOINTS}/{self.BEST}.ckpt"))

@@ -8,6 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..types import LossTerms, ModelOutput
 from .ceb import CEB
 from .contrastive import SupervisedContrastive
@@ -50,6 +51,10 @@ class MCRLoss(nn.Module):
                  feature_dims: Optional[Mapping[str, int]] = None, num_classes: Optional[int] = None,
                  chunk_size: Optional[int] = None, routing: str = "authors", decompose: bool = True) -> None:
         super().__init__()
+        for name, value in (("mipd_weight", mipd_weight), ("contrastive_weight", contrastive_weight),
+                            ("ceb_weight", ceb_weight)):
+            if not value >= 0:
+                raise ConfigError(f"MCRLoss {name} must be >= 0, got {value}")
         self.mipd = MIPD(strategy, mipd_weight, num_permutations, permutation, perturbation, noise_std,
                          max_subset_size, detach_reference, routing, chunk_size, decompose)
         self.contrastive = SupervisedContrastive(contrastive_weight, temperature, cross_modal_only, projection_dim)

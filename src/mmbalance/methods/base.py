@@ -10,7 +10,7 @@ State that must survive a checkpoint lives in buffers, parameters, or
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional
+from typing import Any, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,14 @@ from ..errors import ConfigError
 from ..models import MultimodalModel
 from ..types import Batch, LossTerms, ModelOutput
 from .hparams import log_uniform, searched
+from .pipeline import Stage, unimodal_stages
+
+#: How a method's encoders start (``method.init``): ``scratch`` or ``unimodal`` (each encoder
+#: and unimodal head first trained alone, as a resumable stage of the same ``train`` call).
+INITS = ("scratch", "unimodal")
+#: Default of ``method.encoder_lr_scale``: paper A.4 finetunes pretrained encoders at a
+#: learning rate one magnitude lower.
+ENCODER_LR_SCALE = 0.1
 
 #: The learning rate every method searches (``optim.lr``).
 LEARNING_RATE = log_uniform(1e-4, 1e-2)
@@ -59,8 +67,9 @@ class Method(nn.Module):
     reference: ClassVar[str] = ""
     Hyperparameters: ClassVar[type] = NoHyperparameters
     requires: ClassVar[FrozenSet[str]] = frozenset()
-    is_pipeline: ClassVar[bool] = False  # trained in stages (methods/pipeline.py)
-    trains_final: ClassVar[bool] = True  # a pipeline whose final stage only evaluates sets False
+    default_init: ClassVar[str] = "scratch"  # default of method.init
+    init_choices: ClassVar[Tuple[str, ...]] = INITS  # the method.init values this method accepts
+    trains_final: ClassVar[bool] = True  # False: the stages are the training (ensemble)
     regression_loss: str = "mse"  # task loss of a regressor; build_method sets it from model.regression_loss
 
     def __init__(self, model: MultimodalModel, hparams: Any = None) -> None:
@@ -68,6 +77,10 @@ class Method(nn.Module):
         self.check_requirements(model)
         self.model = model
         self.hparams = hparams if hparams is not None else self.Hyperparameters()
+        init = getattr(self.hparams, "init", "scratch")
+        if init not in self.init_choices:
+            raise ConfigError(f"method {self.name!r}: method.init {init!r} is not possible; "
+                              f"valid: {', '.join(self.init_choices)}")
 
     @classmethod
     def check_requirements(cls, model: MultimodalModel) -> None:
@@ -77,6 +90,45 @@ class Method(nn.Module):
             if not check(model):
                 detail = "" if need != "decomposable_fusion" else f" (got {type(model.fusion).__name__})"
                 raise ConfigError(f"method {cls.name!r} needs {what}{detail}")
+
+    # -- initialization from unimodal stages -----------------------------------
+    @classmethod
+    def stages(cls, modalities: Sequence[str], hparams: Any = None) -> List[Stage]:
+        """The stages a ``train`` call runs before this method: one ``unimodal`` stage per
+        modality when ``method.init`` is ``unimodal``, else none."""
+        hp = hparams if hparams is not None else cls.Hyperparameters()
+        return unimodal_stages(modalities) if getattr(hp, "init", "scratch") == "unimodal" else []
+
+    def load_stages(self, states: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Copies each stage's trained encoder and unimodal head into this method's model.
+
+        Args:
+            states: stage name -> the stage method's ``state_dict`` (from its best
+                checkpoint, ``RunDir.method_state``).
+        """
+        stages = {s.name: s for s in self.stages(self.model.modalities, self.hparams)}
+        for name, state in states.items():
+            m = stages[name].modality
+            for part, module in (("encoders", self.model.encoders[m]), ("heads", self.model.heads[m])):
+                prefix = f"model.{part}.{m}."
+                module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def optimizer_groups(self) -> List[Dict[str, Any]]:
+        """:meth:`param_groups`, with the encoders split into groups whose ``init_scale`` is
+        ``method.encoder_lr_scale`` when they start from unimodal stages (paper A.4). The
+        scale multiplies a group's ``lr_scale``, which methods such as MSLR keep changing."""
+        groups = self.param_groups()
+        scale = getattr(self.hparams, "encoder_lr_scale", 1.0)
+        if getattr(self.hparams, "init", "scratch") != "unimodal" or scale == 1.0:
+            return groups
+        encoders = {id(p) for m in self.model.modalities for p in self.model.modality_parameters(m)}
+        out = []
+        for group in groups:
+            params = list(group["params"])
+            mine = [p for p in params if id(p) in encoders]
+            rest = [p for p in params if id(p) not in encoders]
+            out += [{**group, "params": ps, "init_scale": f} for ps, f in ((mine, scale), (rest, 1.0)) if ps]
+        return out
 
     # -- forward and loss ---------------------------------------------------
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
@@ -176,11 +228,30 @@ REGISTRY: Dict[str, type] = {}
 
 
 def register(cls: type) -> type:
-    """Class decorator: adds a :class:`Method` subclass to :data:`REGISTRY` under its ``name``."""
+    """Class decorator: adds a :class:`Method` subclass to :data:`REGISTRY` under its ``name``,
+    and gives its ``Hyperparameters`` the options every method has unless it declares them
+    itself: ``init`` (default ``cls.default_init``), ``encoder_lr_scale`` (the encoders'
+    learning-rate factor after unimodal stages) and ``stage_lr`` (the stages' learning rate;
+    ``None``: ``optim.lr``)."""
     if not cls.name or cls.name in REGISTRY:
         raise ValueError(f"cannot register {cls.__name__}: name {cls.name!r} is empty or taken")
+    cls.Hyperparameters = _with_common_options(cls)
     REGISTRY[cls.name] = cls
     return cls
+
+
+def _with_common_options(cls: type) -> type:
+    hp = cls.Hyperparameters.__dict__.get("_declared", cls.Hyperparameters)  # inherited: rebuild for cls
+    names = {f.name for f in dataclasses.fields(hp)}
+    extra = [(name, kind, dataclasses.field(default=default)) for name, kind, default in
+             (("init", str, cls.default_init), ("encoder_lr_scale", float, ENCODER_LR_SCALE),
+              ("stage_lr", Optional[float], None)) if name not in names]
+    if not extra:
+        return hp
+    new = dataclasses.make_dataclass(hp.__name__, extra, bases=(hp,))
+    new.__qualname__, new.__module__, new.__doc__ = f"{cls.__qualname__}.Hyperparameters", cls.__module__, hp.__doc__
+    new._declared = hp
+    return new
 
 
 def zero_like_loss(out: ModelOutput) -> Tensor:

@@ -11,14 +11,13 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
 from .hparams import choice, hparam
-from .base import register
-from .pipeline import PipelineMethod
+from .base import Method, register
 
 COMBINERS = ("standardized_sum", "softmax_mean")
 
 
 @register
-class Ensemble(PipelineMethod):
+class Ensemble(Method):
     """Trains one unimodal model per modality (stages), then combines their predictions.
 
     ``standardized_sum`` (the authors' code): each modality's (B, C) logits are standardized
@@ -32,6 +31,8 @@ class Ensemble(PipelineMethod):
     description = "separately trained unimodal models, predictions combined (no joint training)"
     reference = "baseline (Kontras et al., Section 4)"
     trains_final = False
+    default_init = "unimodal"
+    init_choices = ("unimodal",)
 
     @dataclass
     class Hyperparameters:

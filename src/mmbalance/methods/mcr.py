@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import inspect
 from typing import Optional
 
 from ..losses import MCRLoss
 from ..types import Batch, LossTerms, ModelOutput
-from .hparams import hparam, log_uniform
-from .base import Method, register
+from .base import INITS, Method, register
+from .hparams import choice, hparam, log_uniform
 
 
 @register
 class MCR(Method):
-    """Algorithm 1: ``L = L_task + unimodal_weight * sum_m L_task^m + L_MCR``.
+    """Algorithm 1: ``L = L_task + unimodal_weight * sum_m L_task^m + L_MCR`` with
+    ``L_MCR = L_MIPD + contrastive_weight * L_Con + ceb_weight * L_CEB`` (Eq. 6).
 
-    ``L_MCR`` is :class:`mmbalance.MCRLoss` (greedy game, 32 latent permutations by
-    default); its projection and CEB heads are part of this method, so the optimizer trains
-    them and checkpoints keep them. The authors ran every setting with Adam.
+    ``L_MCR`` is :class:`mmbalance.MCRLoss` (the greedy permutation game over 32 latent
+    permutations by default, the supervised contrastive term and the CEB term); its
+    projection and CEB heads are part of this method, so the optimizer trains them and
+    checkpoints keep them.
+
+    Notes:
+        The authors' MCR runs start from unimodally trained encoders (``--pre``) on
+        CREMA-D, AVE, UCF, MOSEI and Something-Something, not on MOSI: set
+        ``method.init=unimodal`` (the per-dataset configs do), which trains one unimodal
+        stage per modality first and then the encoders at ``encoder_lr_scale`` times the
+        learning rate. They ran ``unimodal_weight`` from 0.001 to 1 and every setting with
+        Adam.
     """
 
     name = "mcr"
@@ -26,7 +37,7 @@ class MCR(Method):
 
     @dataclass
     class Hyperparameters:
-        unimodal_weight: float = 1.0
+        unimodal_weight: float = hparam(1.0, search=log_uniform(0.001, 1.0))  # authors: 0.001 to 1
         strategy: str = "greedy"
         mipd_weight: float = hparam(0.1, search=log_uniform(0.01, 1.0))  # paper: 0.1
         contrastive_weight: float = hparam(1.0, search=log_uniform(0.05, 5.0))  # paper: 1.0
@@ -40,12 +51,13 @@ class MCR(Method):
         max_subset_size: Optional[int] = None
         cross_modal_only: bool = False
         routing: str = "authors"
+        init: str = hparam("scratch", search=choice(INITS))  # authors: unimodal (--pre) but on MOSI
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        kwargs = {k: v for k, v in vars(self.hparams).items() if k != "unimodal_weight"}
+        accepted = inspect.signature(MCRLoss).parameters  # the rest belong to the method itself
+        kwargs = {k: v for k, v in vars(self.hparams).items() if k in accepted}
         self.regularizer = MCRLoss(**kwargs).bind(model)
-
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
         terms = self.multiloss_terms(out, batch.labels, self.hparams.unimodal_weight)

@@ -19,6 +19,7 @@ class Unimodal(Method):
     name = "unimodal"
     description = "one modality's encoder and head alone (choose it with method.modality)"
     reference = "baseline (Kontras et al., Section 4)"
+    init_choices = ("scratch",)  # it is what a unimodal start trains
 
     @dataclass
     class Hyperparameters:

@@ -1,38 +1,33 @@
-"""Uni-Pre: encoders pre-trained unimodally, then frozen or finetuned in the fused model."""
+"""Uni-Pre: joint training on encoders pre-trained unimodally, frozen or finetuned.
+
+Both are :class:`~mmbalance.methods.joint.Joint` with ``method.init=unimodal`` (the stages
+mechanism every method shares, see ``methods/pipeline.py``); they keep their names.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List
 
-from ..types import Batch, LossTerms, ModelOutput
-from .hparams import hparam, log_uniform
 from .base import register
-from .pipeline import PipelineMethod
-
-
-class _UniPre(PipelineMethod):
-    """Final stage: the fused task loss (joint training) on encoders initialized from the
-    unimodal stages. The optimizer sees only trainable parameters."""
-
-    freeze: ClassVar[bool] = False
-    reference = "baseline (Kontras et al., Section 4; Du et al., 2023)"
-
-    def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
-        return LossTerms.from_terms({"task": self.task_loss(out.logits, batch.labels)})
+from .hparams import hparam, log_uniform
+from .joint import Joint
 
 
 @register
-class UniPreFrozen(_UniPre):
-    """Frozen pre-trained encoders (weights and BatchNorm statistics); fusion trained.
+class UniPreFrozen(Joint):
+    """``L = L_task(f(X), y)`` with the encoders taken from the unimodal stages and frozen
+    (weights and BatchNorm/dropout statistics); the fusion and heads train.
 
-    The authors' release swaps the freeze flags of the two configurations; here the
-    frozen variant is frozen.
+    Notes:
+        The authors' release swaps the freeze flags of the two configurations; here the
+        frozen variant is frozen. The optimizer sees only trainable parameters.
     """
 
     name = "unipre_frozen"
     description = "unimodally pre-trained encoders, frozen; only the fusion is trained"
-    freeze = True
+    reference = "baseline (Kontras et al., Section 4; Du et al., 2023)"
+    default_init = "unimodal"
+    init_choices = ("unimodal",)
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
@@ -47,20 +42,23 @@ class UniPreFrozen(_UniPre):
 
 
 @register
-class UniPreFinetuned(_UniPre):
-    """Pre-trained encoders finetuned with the fusion; the encoders' learning rate is scaled
-    by ``encoder_lr_scale`` (paper A.4: one magnitude lower when finetuning)."""
+class UniPreFinetuned(Joint):
+    """``L = L_task(f(X), y)`` from encoders taken from the unimodal stages, finetuned with
+    the fusion: joint training with ``method.init=unimodal``.
+
+    Notes:
+        The encoders' learning rate is scaled by ``encoder_lr_scale`` (paper A.4: one
+        magnitude lower when finetuning pretrained encoders). The authors' CREMA-D run used
+        one learning rate (1e-4) for all parameters; set ``encoder_lr_scale: 1`` and
+        ``optim.lr`` to follow that instead.
+    """
 
     name = "unipre_finetuned"
     description = "unimodally pre-trained encoders, finetuned jointly with the fusion"
+    reference = "baseline (Kontras et al., Section 4; Du et al., 2023)"
+    default_init = "unimodal"
+    init_choices = ("unimodal",)
 
     @dataclass
     class Hyperparameters:
         encoder_lr_scale: float = hparam(0.1, search=log_uniform(0.01, 1.0))  # paper A.4: 0.1
-
-
-    def param_groups(self) -> List[Dict[str, Any]]:
-        encoders = [p for m in self.model.modalities for p in self.model.modality_parameters(m)]
-        ids = {id(p) for p in encoders}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": encoders, "lr_scale": self.hparams.encoder_lr_scale}, {"params": rest}]

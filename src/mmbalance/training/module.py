@@ -181,7 +181,7 @@ class BalanceModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.method.param_groups(), self.cfg.optim)
+        optimizer = build_optimizer(self.method.optimizer_groups(), self.cfg.optim)
         schedule = LRSchedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 

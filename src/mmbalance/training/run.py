@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import json
 import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -18,6 +22,7 @@ from ..config import RunConfig
 from ..engine import RunDir, atomic_write_text
 from ..errors import ConfigError
 from ..methods import get_method
+from ..methods.pipeline import Stage
 from .build import build_data, build_method, build_model, loaders
 from .checkpoint_io import AtomicCheckpointIO
 from .module import BalanceModule
@@ -48,11 +53,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     out = RunDir(out_dir).mkdir()
     last = out.last_checkpoint
     method_cls = get_method(cfg.method)
-    pipeline = method_cls.is_pipeline
-    if resume and not last.exists() and not (pipeline and out.stages.exists()):
+    plan = method_cls.stages(list(build_data(cfg).shapes), cfg.hparams)
+    if resume and not last.exists() and not (plan and out.stages.exists()):
         raise ConfigError(f"--resume: no checkpoint at {last}")
     out.write_config(cfg.to_dict())
-    stages = _run_stages(cfg, method_cls, out, resume) if pipeline else {}
+    stages = _run_stages(cfg, plan, out, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     method = build_method(cfg, build_model(data, cfg))
@@ -89,20 +94,58 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     return metrics
 
 
-def _run_stages(cfg: RunConfig, method_cls, out: RunDir, resume: bool) -> Dict[str, Dict[str, Any]]:
-    """Runs (or, on resume, skips or continues) each stage of a pipeline method."""
+def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) -> Dict[str, Dict[str, Any]]:
+    """Runs (or, on resume, skips or continues) each stage the method's ``init`` asks for.
+
+    With ``trainer.stage_cache`` set, a stage trains once per configuration in
+    ``<cache>/<stage>-<key>`` (``key``: a hash of everything that shapes its result) and the
+    run's ``stages/<stage>`` links to it, so a sweep trains each unimodal model once for all
+    the methods that start from it; a lock makes parallel workers wait for one another."""
     results: Dict[str, Dict[str, Any]] = {}
-    for stage in method_cls.stages(list(build_data(cfg).shapes)):
-        stage_dir = out.stage(stage.name)
-        if resume and stage_dir.is_finished():
-            results[stage.name] = stage_dir.read_metrics()
-            continue
+    for stage in plan:
         stage_method = get_method(stage.method)
         stage_cfg = dataclasses.replace(cfg, method=stage.method,
                                         hparams=stage_method.Hyperparameters(**stage.hparams))
-        partial = resume and stage_dir.last_checkpoint.exists()
-        results[stage.name] = train(stage_cfg, stage_dir.path, resume=partial)
+        stage_lr = getattr(cfg.hparams, "stage_lr", None)
+        if stage_lr is not None:  # the unimodal models' own learning rate (paper A.4)
+            stage_cfg.optim = dataclasses.replace(cfg.optim, lr=stage_lr)
+        stage_dir = out.stage(stage.name)
+        if cfg.trainer.stage_cache:
+            cached = RunDir(Path(cfg.trainer.stage_cache) / f"{stage.name}-{stage_key(stage_cfg)}")
+            with _locked(cached.path.with_name(cached.path.name + ".lock")):
+                if not cached.is_finished():
+                    train(stage_cfg, cached.path, resume=cached.last_checkpoint.exists())
+            stage_dir.link_to(cached)
+            results[stage.name] = cached.read_metrics()
+        elif resume and stage_dir.is_finished():
+            results[stage.name] = stage_dir.read_metrics()
+        else:
+            results[stage.name] = train(stage_cfg, stage_dir.path, resume=resume and stage_dir.last_checkpoint.exists())
     return results
+
+
+#: trainer keys that do not change what a stage learns (left out of its cache key)
+_NOT_SHAPING = ("progress", "log_every_n_steps", "stage_cache", "probe_every")
+
+
+def stage_key(cfg: RunConfig) -> str:
+    """12 hex digits of a hash of the stage's configuration (method, data, model, optimizer,
+    schedule, seed and the trainer keys that shape the result)."""
+    tree = cfg.to_dict()
+    tree["trainer"] = {k: v for k, v in tree["trainer"].items() if k not in _NOT_SHAPING}
+    tree["data_spec"] = str(Path(cfg.data_spec).resolve()) if Path(cfg.data_spec).exists() else cfg.data_spec
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _trainer(cfg: RunConfig, out: RunDir):

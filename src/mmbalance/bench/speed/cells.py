@@ -255,7 +255,7 @@ class Runner:
 def make_optimizer(method, lr: float = 1e-4, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
     """Adam over the method's parameter groups, as the training loop builds it
     (:func:`mmbalance.engine.build_optimizer`, ``optim.name=adam``)."""
-    return build_optimizer(method.param_groups(), OptimConfig(name="adam", lr=lr, weight_decay=weight_decay))
+    return build_optimizer(method.optimizer_groups(), OptimConfig(name="adam", lr=lr, weight_decay=weight_decay))
 
 
 def _raise_nonfinite(label: str) -> Callable[[LossTerms], None]:

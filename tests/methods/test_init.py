@@ -1,0 +1,99 @@
+"""``method.init=unimodal`` (issue 14.2): one stage mechanism for every method, the encoder
+learning-rate scale, unipre_finetuned as joint training from unimodal stages, and stages
+cached by configuration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmbalance import ConfigError, MLPEncoder, MultimodalModel
+from mmbalance.engine import RunDir
+from mmbalance.methods import REGISTRY, get_method
+from mmbalance.training import train
+from mmbalance.training.module import BalanceModule
+
+from ..conftest import tiny_config
+
+
+def test_every_method_has_init_and_the_defaults_say_how_it_starts():
+    for name, cls in REGISTRY.items():
+        hp = cls.Hyperparameters()
+        assert hp.encoder_lr_scale == 0.1 and hp.stage_lr is None, name
+        expected = "unimodal" if name in ("ensemble", "unipre_frozen", "unipre_finetuned") else "scratch"
+        assert hp.init == expected, name
+        assert bool(cls.stages(["a", "b"], hp)) == (expected == "unimodal"), name
+    mcr = get_method("mcr")
+    assert [s.name for s in mcr.stages(["a", "b"], mcr.Hyperparameters(init="unimodal"))] == ["unimodal_a",
+                                                                                              "unimodal_b"]
+
+
+def test_impossible_init_is_one_clear_error():
+    model = MultimodalModel({"a": MLPEncoder(2, 2), "b": MLPEncoder(2, 2)}, 3)
+    for name, init in (("unimodal", "unimodal"), ("unipre_frozen", "scratch"), ("ensemble", "scratch")):
+        cls = get_method(name)
+        with pytest.raises(ConfigError, match=f"method '{name}': method.init '{init}'"):
+            cls(model, cls.Hyperparameters(init=init))
+    with pytest.raises(ConfigError, match="method.init"):
+        tiny_config("mcr", method__init="pretrained")  # type check passes; the method rejects it
+        get_method("mcr")(model, get_method("mcr").Hyperparameters(init="pretrained"))
+
+
+@pytest.mark.parametrize("name", ["mcr", "mlb", "mslr"])
+def test_encoders_from_stages_learn_at_the_scaled_rate(name):
+    cls = get_method(name)
+    cfg = tiny_config(name, method__init="unimodal", method__encoder_lr_scale=0.25, optim__lr=0.004)
+    model = MultimodalModel({"x1": MLPEncoder(4, 3), "x2": MLPEncoder(5, 3)}, 5)
+    module = BalanceModule(cls(model, cfg.hparams), cfg)
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    optimizer = optimizer[0][0] if isinstance(optimizer, tuple) else optimizer
+    encoder_ids = {id(p) for m in model.modalities for p in model.modality_parameters(m)}
+    seen, factors = set(), set()
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= encoder_ids or not ids & encoder_ids  # encoders never share a group
+        assert group["init_scale"] == (0.25 if ids <= encoder_ids else 1.0)
+        factors.add(round(group["lr"] / (0.004 * group["lr_scale"] * group["init_scale"]), 9))
+        seen |= ids
+    assert encoder_ids <= seen and len(factors) == 1  # same schedule factor everywhere
+
+
+def _encoders(path):
+    return {k: v for k, v in RunDir.method_state(path).items() if k.startswith("model.encoders.")}
+
+
+def test_mcr_from_unimodal_stages_loads_them_and_finetunes(tmp_path):
+    metrics = train(tiny_config("mcr", method__init="unimodal", method__num_permutations=2,
+                                method__stage_lr=0.005, trainer__max_epochs=2), tmp_path)
+    assert set(metrics["stages"]) == {"unimodal_x1", "unimodal_x2"}
+    run = RunDir(tmp_path)
+    assert run.stage("unimodal_x1").read_config()["optim"]["lr"] == 0.005  # the stages' own rate
+    assert run.read_config()["optim"]["lr"] != 0.005
+    stage = {**_encoders(run.stage("unimodal_x1").best_checkpoint),
+             **_encoders(run.stage("unimodal_x2").best_checkpoint)}
+    stage = {k: v for k, v in stage.items() if ".x1." in k or ".x2." in k}
+    assert stage
+    final = _encoders(run.last_checkpoint)
+    assert any(not torch.equal(final[k], v) for k, v in stage.items())  # finetuned, not frozen
+
+
+def test_unipre_finetuned_is_joint_from_unimodal_stages(tmp_path):
+    a = train(tiny_config("unipre_finetuned", trainer__max_epochs=2), tmp_path / "unipre")
+    b = train(tiny_config("joint", method__init="unimodal", trainer__max_epochs=2), tmp_path / "joint")
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+
+
+def test_stages_are_trained_once_per_configuration(tmp_path):
+    cache = tmp_path / "cache"
+    first = train(tiny_config("unipre_finetuned", trainer__max_epochs=2, trainer__stage_cache=str(cache)),
+                  tmp_path / "a")
+    second = train(tiny_config("ensemble", trainer__max_epochs=2, trainer__stage_cache=str(cache)), tmp_path / "b")
+    assert sorted(p.name.rsplit("-", 1)[0] for p in cache.iterdir() if p.is_dir()) == ["unimodal_x1", "unimodal_x2"]
+    assert (tmp_path / "b" / "stages" / "unimodal_x1").is_symlink()
+    assert first["stages"] == second["stages"]
+    uncached = train(tiny_config("unipre_finetuned", trainer__max_epochs=2), tmp_path / "c")
+    assert uncached["test"] == first["test"]  # the cache changes nothing but the time
+    train(tiny_config("unipre_finetuned", trainer__max_epochs=2, seed=1, trainer__stage_cache=str(cache)),
+          tmp_path / "d")
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 4  # another seed: other stages
