@@ -52,6 +52,17 @@ def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
         ``x1``, ``x2``: (n, dim) float32 modalities; ``label``: (n,) int64; ``kind``: (n,)
         index into ``KINDS``; ``split``: (n,) ``train``/``val``/``test`` (70/15/15, seeded).
     """
+    return _generate(spec)[0]
+
+
+def class_vectors(spec: SyntheticSpec) -> Tuple[np.ndarray, np.ndarray]:
+    """The unit class vectors ``mu_1``, ``mu_2``, each (num_classes, latent_dim), that
+    :func:`make_synthetic` draws for ``spec`` (the same code path, so the Bayes ceiling of
+    :mod:`mmbalance.data.bayes` sees exactly the generator's vectors)."""
+    return _generate(spec)[1]
+
+
+def _generate(spec: SyntheticSpec) -> Tuple[Dict[str, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
     none = 1.0 - spec.shared - spec.unique1 - spec.unique2
     if min(spec.shared, spec.unique1, spec.unique2) < 0 or none < -1e-9:
         raise ConfigError("synthetic shared, unique1, unique2 must be >= 0 and sum to at most 1")
@@ -63,16 +74,18 @@ def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
     kind = rng.choice(4, size=spec.n, p=probs / probs.sum())
     carries = [np.isin(kind, (0, 1)), np.isin(kind, (0, 2))]
     out: Dict[str, np.ndarray] = {}
+    vectors = []
     for m in range(2):
         means = rng.standard_normal((spec.num_classes, spec.latent_dim))
         means /= np.linalg.norm(means, axis=1, keepdims=True)
+        vectors.append(means)
         z = spec.noise[m] * rng.standard_normal((spec.n, spec.latent_dim))
         z += carries[m][:, None] * spec.signal[m] * means[labels]
         out[f"x{m + 1}"] = _lift(z, spec.dim, spec.depth[m], rng).astype(np.float32)
     out["label"] = labels.astype(np.int64)
     out["kind"] = kind.astype(np.int64)
     out["split"] = _split(spec.n, rng)
-    return out
+    return out, (vectors[0], vectors[1])
 
 
 def _lift(z: np.ndarray, dim: int, depth: int, rng: np.random.Generator) -> np.ndarray:
