@@ -40,6 +40,7 @@ class DataConfig:
     noise2: float = 1.0
     depth1: int = 1
     depth2: int = 3
+    family: str = "gaussian"  # synthetic generator family: gaussian | signed (data/synthetic.py)
     # real datasets (--data NAME, data.root); None = the dataset's own default (docs/datasets.md)
     fold: Optional[int] = None  # 1-based: CREMA-D speaker folds 1-5, UCF-51 splits 1-3
     modalities: Optional[list] = None  # MOSI/MOSEI/Sth-Sth: which modalities, e.g. [video, text]

@@ -115,3 +115,65 @@ def test_class_vectors_are_the_generators():
     wrong = np.random.default_rng(5).standard_normal(mu1.shape)
     w2, *_ = np.linalg.lstsq(wrong, centred, rcond=None)
     assert np.abs(centred - wrong @ w2).max() > 0.1
+
+
+def _generator_latents(monkeypatch, spec):
+    """The latents make_synthetic lifts, captured at its lift (no second copy of its RNG)."""
+    import mmbalance.data.synthetic as synthetic
+    captured, lift = [], synthetic._lift
+    monkeypatch.setattr(synthetic, "_lift", lambda z, *a: captured.append(z.copy()) or lift(z, *a))
+    data = synthetic.make_synthetic(spec)
+    return data, captured
+
+
+@pytest.mark.parametrize("family", ["gaussian", "signed"])
+def test_bayes_rule_on_the_generators_own_points_scores_the_ceiling(monkeypatch, family):
+    spec = SyntheticSpec(n=20_000, shared=0.3, unique1=0.3, unique2=0.3, signal=(1.5, 2.5), family=family)
+    data, (z1, z2) = _generator_latents(monkeypatch, spec)
+    from mmbalance.data.bayes import modality_llr
+    means = class_vectors(spec)
+    post = log_posterior(modality_llr(spec, 0, z1, means[0]), modality_llr(spec, 1, z2, means[1]), type_priors(spec))
+    alone2 = log_posterior_alone(modality_llr(spec, 1, z2, means[1]), 0.6)
+    ceiling = bayes_accuracy(spec, draws=100_000)
+    y = data["label"]
+    tol = 4 * math.sqrt(0.25 / spec.n)  # binomial s.e. of a hit rate over 20,000 points, 4x
+    assert abs((post.argmax(1) == y).mean() - ceiling.both) < tol
+    assert abs((alone2.argmax(1) == y).mean() - ceiling.x2) < tol
+    # the wrong family's likelihood is worse on these points: the families really differ
+    wrong = "gaussian" if family == "signed" else "signed"
+    other = SyntheticSpec(**{**spec.__dict__, "family": wrong})
+    assert (log_posterior_alone(modality_llr(other, 1, z2, means[1]), 0.6).argmax(1) == y).mean() < ceiling.x2 - 0.03
+
+
+def test_signed_family_keeps_the_default_family_and_hides_linear_signal():
+    base = make_synthetic(SyntheticSpec(n=500))
+    assert np.array_equal(base["x2"], make_synthetic(SyntheticSpec(n=500, family="gaussian"))["x2"])
+    spec = SyntheticSpec(n=20_000, shared=0.0, unique1=0.0, unique2=1.0, signal=(1.5, 3.0), depth=(1, 1),
+                         family="signed")
+    data = make_synthetic(spec)
+    x, y = data["x2"].astype(float), data["label"]
+    class_means = np.stack([x[y == c].mean(0) for c in range(5)])
+    assert np.abs(class_means).max() < 0.1  # no linear read-out sees the label
+    got = bayes_accuracy(spec, draws=50_000)
+    assert got.x2 > 0.8  # yet the label is almost fully there
+    with pytest.raises(Exception):
+        make_synthetic(SyntheticSpec(family="nope"))
+
+
+def test_signed_posterior_matches_brute_force_mixture():
+    from mmbalance.data.bayes import modality_llr
+    spec = SyntheticSpec(shared=0.3, unique1=0.3, unique2=0.3, num_classes=3, latent_dim=3, signal=(1.0, 2.0),
+                         noise=(1.0, 0.8), family="signed")
+    means, priors = class_vectors(spec), type_priors(spec)
+    _, _, z1, z2 = sample_latents(spec, means, 5, np.random.default_rng(2))
+    both = np.exp(log_posterior(modality_llr(spec, 0, z1, means[0]), modality_llr(spec, 1, z2, means[1]), priors))
+    for i in range(5):
+        joint = np.zeros(3)
+        for c in range(3):
+            for t in range(4):
+                a = CARRIES[t]
+                p1 = _density(z1[i], a[0] * spec.signal[0] * means[0][c], spec.noise[0])
+                p2 = 0.5 * sum(_density(z2[i], e * a[1] * spec.signal[1] * means[1][c], spec.noise[1])
+                               for e in (-1, 1))
+                joint[c] += priors[t] / 3 * p1 * p2
+        np.testing.assert_allclose(both[i], joint / joint.sum(), rtol=1e-9)

@@ -18,6 +18,10 @@ and "x1 does not" (unique2 + none). The accuracy of the Bayes rule is
 ``E[max_c p(c | z)]``, estimated by Monte Carlo over draws of ``(y, type, z)``; the max
 posterior has a lower variance than counting hits of the argmax, and its standard error
 is reported with it.
+
+The ``signed`` family shifts a carrying x2 by ``+-s_2 mu_2(y)`` with equal odds, so its
+likelihood is a two-component mixture and ``l_2(c) = log cosh(s_2 <z_2, mu_2(c)> / sigma_2^2)
+- s_2^2 / (2 sigma_2^2)``; everything else is unchanged, so the ceiling stays exact.
 """
 
 from __future__ import annotations
@@ -52,8 +56,11 @@ def type_priors(spec: SyntheticSpec) -> np.ndarray:
     return probs / probs.sum()
 
 
-def log_likelihood_ratio(z: np.ndarray, means: np.ndarray, signal: float, noise: float) -> np.ndarray:
-    """``l(c) = log N(z; s mu_c, sigma^2 I) - log N(z; 0, sigma^2 I)``.
+def log_likelihood_ratio(z: np.ndarray, means: np.ndarray, signal: float, noise: float,
+                         signed: bool = False) -> np.ndarray:
+    """``l(c) = log p(z | class c, carries) - log N(z; 0, sigma^2 I)``, where the carrying
+    density is ``N(z; s mu_c, sigma^2 I)``, or with ``signed`` the equal mixture of
+    ``N(z; +-s mu_c, sigma^2 I)``.
 
     Args:
         z: (N, d) latents of one modality.
@@ -63,7 +70,19 @@ def log_likelihood_ratio(z: np.ndarray, means: np.ndarray, signal: float, noise:
         (N, C).
     """
     sq = (means ** 2).sum(1)
-    return (signal * z @ means.T - 0.5 * signal ** 2 * sq[None, :]) / noise ** 2
+    proj = signal * z @ means.T / noise ** 2
+    if signed:  # log cosh(a) = |a| + log1p(exp(-2|a|)) - log 2, stable for large |a|
+        proj = np.abs(proj) + np.log1p(np.exp(-2 * np.abs(proj))) - np.log(2.0)
+    return proj - 0.5 * signal ** 2 * sq[None, :] / noise ** 2
+
+
+def modality_llr(spec: SyntheticSpec, m: int, z: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """:func:`log_likelihood_ratio` of modality ``m`` (0 or 1) under ``spec``'s family."""
+    return log_likelihood_ratio(z, means, spec.signal[m], spec.noise[m], signed=_signed(spec, m))
+
+
+def _signed(spec: SyntheticSpec, m: int) -> bool:
+    return m == 1 and getattr(spec, "family", "gaussian") == "signed"
 
 
 def log_posterior(llr1: np.ndarray, llr2: np.ndarray, priors: np.ndarray) -> np.ndarray:
@@ -111,7 +130,10 @@ def sample_latents(spec: SyntheticSpec, means: Sequence[np.ndarray], count: int,
     zs = []
     for m in range(2):
         z = spec.noise[m] * rng.standard_normal((count, means[m].shape[1]))
-        z += CARRIES[kind, m][:, None] * spec.signal[m] * means[m][labels]
+        shift = spec.signal[m] * means[m][labels]
+        if _signed(spec, m):
+            shift *= rng.choice((-1.0, 1.0), size=(count, 1))
+        z += CARRIES[kind, m][:, None] * shift
         zs.append(z)
     return labels, kind, zs[0], zs[1]
 
@@ -139,8 +161,7 @@ def bayes_accuracy(spec: SyntheticSpec, draws: int = 200_000, seed: int = 12345,
     while done < draws:
         count = min(chunk, draws - done)
         _, _, z1, z2 = sample_latents(spec, means, count, rng)
-        l1 = log_likelihood_ratio(z1, means[0], spec.signal[0], spec.noise[0])
-        l2 = log_likelihood_ratio(z2, means[1], spec.signal[1], spec.noise[1])
+        l1, l2 = modality_llr(spec, 0, z1, means[0]), modality_llr(spec, 1, z2, means[1])
         for i, logp in enumerate((log_posterior(l1, l2, priors), log_posterior_alone(l1, carries[0]),
                                   log_posterior_alone(l2, carries[1]))):
             best = np.exp(logp.max(1))

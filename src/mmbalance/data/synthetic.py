@@ -13,6 +13,11 @@ fixed class vectors ``mu_m(c)`` (random unit vectors). A fixed, seeded map then 
 modality to ``dim`` dimensions: ``x = W_1 z`` followed by ``depth_m - 1`` blocks
 ``x = W_k tanh(x)``, with Gaussian ``W_k`` scaled by ``1/sqrt(fan_in)``. Deeper maps make a
 modality harder to learn. Everything is a function of ``seed``.
+
+Families (``family``): ``gaussian`` is the above. ``signed`` differs in x2 only: a carrying
+point is shifted by ``s_2 e mu_2(Y)`` with a random sign ``e = +-1``, so x2's class means are
+all zero and its label shows only in ``|<z_2, mu_2(c)>|``: an encoder must learn a nonlinear
+feature, which joint training, dominated by x1, has little reason to do (issue 11).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from ..errors import ConfigError
 
 KINDS = ("shared", "unique1", "unique2", "none")
+FAMILIES = ("gaussian", "signed")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class SyntheticSpec:
     noise: Tuple[float, float] = (1.0, 1.0)
     depth: Tuple[int, int] = (1, 3)
     seed: int = 0
+    family: str = "gaussian"
 
 
 def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
@@ -68,6 +75,8 @@ def _generate(spec: SyntheticSpec) -> Tuple[Dict[str, np.ndarray], Tuple[np.ndar
         raise ConfigError("synthetic shared, unique1, unique2 must be >= 0 and sum to at most 1")
     if min(spec.depth) < 1 or spec.num_classes < 2 or spec.n < 10:
         raise ConfigError("synthetic depth must be >= 1, num_classes >= 2 and n >= 10")
+    if spec.family not in FAMILIES:
+        raise ConfigError(f"synthetic family {spec.family!r} is not one of {', '.join(FAMILIES)}")
     rng = np.random.default_rng(spec.seed)
     labels = rng.integers(0, spec.num_classes, spec.n)
     probs = np.array([spec.shared, spec.unique1, spec.unique2, max(none, 0.0)])
@@ -80,7 +89,10 @@ def _generate(spec: SyntheticSpec) -> Tuple[Dict[str, np.ndarray], Tuple[np.ndar
         means /= np.linalg.norm(means, axis=1, keepdims=True)
         vectors.append(means)
         z = spec.noise[m] * rng.standard_normal((spec.n, spec.latent_dim))
-        z += carries[m][:, None] * spec.signal[m] * means[labels]
+        shift = spec.signal[m] * means[labels]
+        if m == 1 and spec.family == "signed":
+            shift *= rng.choice((-1.0, 1.0), size=(spec.n, 1))
+        z += carries[m][:, None] * shift
         out[f"x{m + 1}"] = _lift(z, spec.dim, spec.depth[m], rng).astype(np.float32)
     out["label"] = labels.astype(np.int64)
     out["kind"] = kind.astype(np.int64)

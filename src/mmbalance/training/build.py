@@ -23,7 +23,7 @@ def build_data(cfg: RunConfig) -> DataBundle:
         spec = SyntheticSpec(n=d.n, shared=d.shared, unique1=d.unique1, unique2=d.unique2,
                              num_classes=d.num_classes, latent_dim=d.latent_dim, dim=d.dim,
                              signal=(d.signal1, d.signal2), noise=(d.noise1, d.noise2),
-                             depth=(d.depth1, d.depth2), seed=d.seed)
+                             depth=(d.depth1, d.depth2), seed=d.seed, family=d.family)
         arrays = make_synthetic(spec)
         data = from_arrays({"x1": arrays["x1"], "x2": arrays["x2"]}, arrays["label"], arrays["split"],
                            standardize=d.standardize, source="synthetic", extras={"kind": arrays["kind"]})
