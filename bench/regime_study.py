@@ -120,6 +120,8 @@ def summarize(rows: Sequence[Mapping[str, str]], setting: str) -> Dict[str, obje
         "gap": (get("unimodal-x2", "probe_x2") - get("joint", "probe_x2")).mean(),
         "gap_ci": mean_ci(get("unimodal-x2", "probe_x2") - get("joint", "probe_x2")).half_width,
         "probe_x2_uni": get("unimodal-x2", "probe_x2").mean(), "probe_x2_joint": get("joint", "probe_x2").mean(),
+        # the x2 encoder of a unimodal-x1 run never sees a gradient from x2 data (only weight decay)
+        "probe_x2_untrained": get("unimodal-x1", "probe_x2").mean(),
         "dist_x1": (get("unimodal-x1", "ceiling_x1") - u1).mean(),
         "dist_x2": (get("unimodal-x2", "ceiling_x2") - u2).mean(),
         "pair_hw": diff.interval.half_width, "pair_sd": float(np.std(joint - u1, ddof=1)) if len(seeds) > 1 else math.nan,
@@ -132,7 +134,7 @@ def verdict(s: Mapping[str, object]) -> str:
 
 
 def print_summary(rows, settings: Sequence[str]) -> None:
-    print("| setting | seeds | n_test | ceiling (x1, x2) | joint | deficit (1) | probe x2 uni / joint | "
+    print("| setting | seeds | n_test | ceiling (x1, x2) | joint | deficit (1) | probe x2 uni / joint / untrained | "
           "gap (2) | uni x1, x2 | dist x1, x2 (3) | paired hw, sd (4) | 1234 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in settings:
@@ -141,7 +143,7 @@ def print_summary(rows, settings: Sequence[str]) -> None:
             continue
         print(f"| {name} | {s['seeds']} | {s['n_test']} | {s['ceiling']:.1f} ({s['ceiling_x1']:.1f}, "
               f"{s['ceiling_x2']:.1f}) | {s['joint']:.1f} | {s['deficit']:.1f} | {s['probe_x2_uni']:.1f} / "
-              f"{s['probe_x2_joint']:.1f} | {s['gap']:.1f} ± {s['gap_ci']:.1f} | {s['u1']:.1f}, {s['u2']:.1f} | "
+              f"{s['probe_x2_joint']:.1f} / {s['probe_x2_untrained']:.1f} | {s['gap']:.1f} ± {s['gap_ci']:.1f} | {s['u1']:.1f}, {s['u2']:.1f} | "
               f"{s['dist_x1']:.1f}, {s['dist_x2']:.1f} | {s['pair_hw']:.2f}, {s['pair_sd']:.2f} | {verdict(s)} |")
 
 
