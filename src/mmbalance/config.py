@@ -38,6 +38,12 @@ class SyntheticSpec:
     noise2: float = 1.0
     depth1: int = 1
     depth2: int = 3
+    family: str = "gaussian"  # generator family: gaussian | signed (data/synthetic.py)
+
+    # the per-modality pairs, as the generator and the Bayes ceiling read them
+    signal = property(lambda self: (self.signal1, self.signal2))
+    noise = property(lambda self: (self.noise1, self.noise2))
+    depth = property(lambda self: (self.depth1, self.depth2))
 
 
 @dataclass

@@ -13,11 +13,16 @@ fixed class vectors ``mu_m(c)`` (random unit vectors). A fixed, seeded map then 
 modality to ``dim`` dimensions: ``x = W_1 z`` followed by ``depth_m - 1`` blocks
 ``x = W_k tanh(x)``, with Gaussian ``W_k`` scaled by ``1/sqrt(fan_in)``. Deeper maps make a
 modality harder to learn. Everything is a function of ``seed``.
+
+Families (``family``): ``gaussian`` is the above. ``signed`` differs in x2 only: a carrying
+point is shifted by ``s_2 e mu_2(Y)`` with a random sign ``e = +-1``, so x2's class means are
+all zero and its label shows only in ``|<z_2, mu_2(c)>|``: an encoder must learn a nonlinear
+feature, which joint training, dominated by x1, has little reason to do (issue 11).
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from ..config import SyntheticSpec
 from ..errors import ConfigError
 
 KINDS = ("shared", "unique1", "unique2", "none")
+FAMILIES = ("gaussian", "signed")
 
 
 def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
@@ -35,28 +41,46 @@ def make_synthetic(spec: SyntheticSpec) -> Dict[str, np.ndarray]:
         ``x1``, ``x2``: (n, dim) float32 modalities; ``label``: (n,) int64; ``kind``: (n,)
         index into ``KINDS``; ``split``: (n,) ``train``/``val``/``test`` (70/15/15, seeded).
     """
+    return _generate(spec)[0]
+
+
+def class_vectors(spec: SyntheticSpec) -> Tuple[np.ndarray, np.ndarray]:
+    """The unit class vectors ``mu_1``, ``mu_2``, each (num_classes, latent_dim), that
+    :func:`make_synthetic` draws for ``spec`` (the same code path, so the Bayes ceiling of
+    :mod:`mmbalance.data.bayes` sees exactly the generator's vectors)."""
+    return _generate(spec)[1]
+
+
+def _generate(spec: SyntheticSpec) -> Tuple[Dict[str, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
     none = 1.0 - spec.shared - spec.unique1 - spec.unique2
     if min(spec.shared, spec.unique1, spec.unique2) < 0 or none < -1e-9:
         raise ConfigError("synthetic shared, unique1, unique2 must be >= 0 and sum to at most 1")
     signal, noise, depth = (spec.signal1, spec.signal2), (spec.noise1, spec.noise2), (spec.depth1, spec.depth2)
     if min(depth) < 1 or spec.num_classes < 2 or spec.n < 10:
         raise ConfigError("synthetic depth must be >= 1, num_classes >= 2 and n >= 10")
+    if spec.family not in FAMILIES:
+        raise ConfigError(f"synthetic family {spec.family!r} is not one of {', '.join(FAMILIES)}")
     rng = np.random.default_rng(spec.seed)
     labels = rng.integers(0, spec.num_classes, spec.n)
     probs = np.array([spec.shared, spec.unique1, spec.unique2, max(none, 0.0)])
     kind = rng.choice(4, size=spec.n, p=probs / probs.sum())
     carries = [np.isin(kind, (0, 1)), np.isin(kind, (0, 2))]
     out: Dict[str, np.ndarray] = {}
+    vectors = []
     for m in range(2):
         means = rng.standard_normal((spec.num_classes, spec.latent_dim))
         means /= np.linalg.norm(means, axis=1, keepdims=True)
+        vectors.append(means)
         z = noise[m] * rng.standard_normal((spec.n, spec.latent_dim))
-        z += carries[m][:, None] * signal[m] * means[labels]
+        shift = signal[m] * means[labels]
+        if m == 1 and spec.family == "signed":
+            shift *= rng.choice((-1.0, 1.0), size=(spec.n, 1))
+        z += carries[m][:, None] * shift
         out[f"x{m + 1}"] = _lift(z, spec.dim, depth[m], rng).astype(np.float32)
     out["label"] = labels.astype(np.int64)
     out["kind"] = kind.astype(np.int64)
     out["split"] = _split(spec.n, rng)
-    return out
+    return out, (vectors[0], vectors[1])
 
 
 def _lift(z: np.ndarray, dim: int, depth: int, rng: np.random.Generator) -> np.ndarray:
