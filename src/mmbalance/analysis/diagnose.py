@@ -55,6 +55,9 @@ class Diagnosis:
     chance: Optional[float]
     modalities: List[ModalityReport] = field(default_factory=list)
     any_probe_right_fused_wrong: Optional[float] = None
+    #: modality -> loss term -> share of the gradient norm reaching that encoder, averaged
+    #: over the logged training epochs (runs with ``trainer.log_term_grad_norms=true``)
+    gradient_shares: Dict[str, Dict[str, float]] = field(default_factory=dict)
     verdict: str = ""
 
 
@@ -91,8 +94,30 @@ def diagnose(run_dir: str | Path, permutations: int = 5, seed: int = 0,
     if not regression:
         any_right = torch.stack(list(probe_ok.values())).any(0)
         diag.any_probe_right_fused_wrong = float((any_right & ~fused_ok).float().mean())
+    diag.gradient_shares = gradient_shares(run_dir)
     diag.verdict = verdict(diag)
     return diag
+
+
+def gradient_shares(run_dir: str | Path) -> Dict[str, Dict[str, float]]:
+    """Modality -> loss term -> share of the push on that encoder: each term's gradient norm
+    (``train/grad/<term>/<m>`` in the run's CSV logs, the epoch means) averaged over the
+    logged epochs, over the sum of all terms' averages. Empty when the run did not log them."""
+    import csv
+    sums: Dict[str, Dict[str, List[float]]] = {}
+    for path in sorted(Path(run_dir).glob("logs/*/metrics.csv")):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                for key, value in row.items():
+                    if key.startswith("train/grad/") and value not in ("", None):
+                        term, _, m = key[len("train/grad/"):].rpartition("/")
+                        sums.setdefault(m, {}).setdefault(term, []).append(float(value))
+    shares = {}
+    for m, terms in sums.items():
+        means = {t: sum(v) / len(v) for t, v in terms.items()}
+        total = sum(means.values())
+        shares[m] = {t: v / total for t, v in sorted(means.items(), key=lambda kv: -kv[1])} if total > 0 else {}
+    return shares
 
 
 def _score(pred, label, regression: bool) -> float:
@@ -163,6 +188,13 @@ def write_diagnosis(d: Diagnosis, out: str | Path) -> List[Path]:
     if d.any_probe_right_fused_wrong is not None:
         lines += ["", f"Some probe right but the fused model wrong: {100 * d.any_probe_right_fused_wrong:.1f}% of "
                       "test samples (unimodal information the fusion leaves unused)."]
+    if d.gradient_shares:
+        terms = sorted({t for shares in d.gradient_shares.values() for t in shares})
+        lines += ["", "Share of each loss term in the gradient norm reaching each encoder (training epochs' "
+                      "mean; `trainer.log_term_grad_norms`):", "",
+                  "| encoder | " + " | ".join(terms) + " |", "|---|" + "---|" * len(terms)]
+        for m, shares in d.gradient_shares.items():
+            lines.append(f"| {m} | " + " | ".join(f"{shares.get(t, 0.0):.3f}" for t in terms) + " |")
     lines += ["", "Scores are " + unit + "; the Shapley values sum to the fused score minus the all-zeroed score. "
               "Unimodal heads only mean something for methods that train them (not `joint`); the probes are "
               "fitted here on the frozen training features."]

@@ -10,7 +10,7 @@ and its optimizer wrapper.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -20,6 +20,32 @@ from ..types import Batch, LossTerms
 
 #: prefix of the values ``Method.after_backward`` returned, in the step's ``LossTerms.logs``
 BALANCE = "balance/"
+#: prefix of :func:`term_grad_norms` in the logs: ``grad/<term>/<modality>``
+GRAD = "grad/"
+
+
+def term_grad_norms(method, loss: LossTerms) -> Dict[str, float]:
+    """``grad/<term>/<m>``: the L2 norm of the gradient that each loss term sends to each
+    modality's encoder, through the method's own routing (MCR's game multipliers included).
+
+    Answers "is the game doing anything?": the share of a term in an encoder's push is its
+    norm over the sum of all terms' norms (``mmbalance diagnose`` reports it). Costs one
+    extra backward pass per term, so the loop calls it every ``log_every_n_steps`` steps.
+    """
+    model = method.model
+    params = {m: [p for p in model.modality_parameters(m) if p.requires_grad] for m in model.modalities}
+    flat = [p for ps in params.values() for p in ps]
+    out: Dict[str, float] = {}
+    for name, term in loss.terms.items():
+        if not term.requires_grad:
+            continue
+        grads = torch.autograd.grad(term, flat, retain_graph=True, allow_unused=True)
+        i = 0
+        for m, ps in params.items():
+            parts = [g.detach().float().pow(2).sum() for g in grads[i:i + len(ps)] if g is not None]
+            out[f"{GRAD}{name}/{m}"] = float(torch.stack(parts).sum().sqrt()) if parts else 0.0
+            i += len(ps)
+    return out
 
 
 def raise_nonfinite(loss: LossTerms) -> None:
@@ -31,7 +57,8 @@ def raise_nonfinite(loss: LossTerms) -> None:
 def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[Tensor], None]] = None,
                clip: Optional[Callable[[], None]] = None,
                on_nonfinite: Callable[[LossTerms], None] = raise_nonfinite,
-               autocast: Optional[torch.dtype] = None, regions: bool = False) -> LossTerms:
+               autocast: Optional[torch.dtype] = None, regions: bool = False,
+               grad_norms: bool = False) -> LossTerms:
     """Runs one optimization step of ``method`` on ``batch``.
 
     Args:
@@ -45,6 +72,7 @@ def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[
             (no backward, no update). Default: :func:`raise_nonfinite`.
         autocast: dtype of an autocast region around forward and loss (None: none).
         regions: wrap each phase in a ``torch.profiler`` range named ``step/<phase>``.
+        grad_norms: add :func:`term_grad_norms` to the logs (one extra backward per term).
 
     Returns:
         The batch's loss terms; the values ``after_backward`` returned are added to
@@ -61,6 +89,8 @@ def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[
     if not torch.isfinite(loss.total):  # a device sync on GPU, as in every loop that checks
         on_nonfinite(loss)
         return loss
+    if grad_norms:
+        loss.logs.update(term_grad_norms(method, loss))
     with region("step/backward"):
         (backward or Tensor.backward)(loss.total)
     with region("step/after_backward"):

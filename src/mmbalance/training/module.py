@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..config import RunConfig
 from ..engine import LRSchedule, build_optimizer, train_step
-from ..engine.step import BALANCE
+from ..engine.step import BALANCE, GRAD
 from ..errors import NonFiniteLossError
 from ..methods import Method
 from ..types import Batch, LossTerms
@@ -86,8 +86,10 @@ class BalanceModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
         inputs, labels = batch
+        every = max(1, self.cfg.trainer.log_every_n_steps)
         loss = train_step(self.method, Batch(inputs, labels), self.optimizers(), backward=self.manual_backward,
-                          clip=self._clip, on_nonfinite=self._nonfinite)
+                          clip=self._clip, on_nonfinite=self._nonfinite,
+                          grad_norms=self.cfg.trainer.log_term_grad_norms and self.global_step % every == 0)
         if not torch.isfinite(loss.total):
             return None  # skipped (trainer.skip_nonfinite)
         size = labels.shape[0]
@@ -97,6 +99,8 @@ class BalanceModule(L.LightningModule):
         for name, value in loss.logs.items():
             if name.startswith(BALANCE):  # what the method's gradient edit reported
                 self.log(name, float(value), on_step=True, on_epoch=False)
+            elif name.startswith(GRAD):  # trainer.log_term_grad_norms: the epoch's mean
+                self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, batch_size=size)
             else:
                 self.log(f"train/{name}", float(value), batch_size=size)
         return loss.total.detach()
