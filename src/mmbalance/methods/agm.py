@@ -37,8 +37,8 @@ def scale_gradient(x: Tensor, k: float) -> Tensor:
 
 @register
 class AGM(Method):
-    """Adaptive Gradient Modulation: the fused logits are rebuilt as the sum of the
-    modalities' Shapley shares (:func:`shapley_shares`; extra eval-mode passes of the model
+    """``L = L_task(sum_m phi_m, y)``: the fused logits are rebuilt as the sum of the
+    modalities' Shapley shares ``phi_m`` (:func:`shapley_shares`; extra eval-mode passes of the model
     with modalities zeroed, gradients flowing through them as in the official code), and
     the gradient reaching share m is multiplied by
     ``k_m = exp(alpha * min(target_m - r_m, 10))``, where, with ``s_m = mean -log p_m[y]``
@@ -55,13 +55,11 @@ class AGM(Method):
     authors' AGM has this gate commented out (``end_epoch=None``: no end).
     Any fusion, M >= 2 (2^M - 2 extra forward passes), classification only.
 
-    Optimizer: official SGD (momentum 0.9, weight decay 1e-4, StepLR(70, 0.1));
-    alpha 1.0 by default, 1.5 to 3.0 in the CREMA-D runs. Under Adam each update is divided
-    by the running RMS of the parameter's own gradient, so a slowly varying ``k_m`` is
-    largely undone; what remains is the relative weight of the full and zero-masked paths.
-
-    Reference: Li et al., Boosting Multi-modal Model Performance with Adaptive Gradient
-    Modulation, ICCV 2023.
+    Notes:
+        Optimizer: official SGD (momentum 0.9, weight decay 1e-4, StepLR(70, 0.1));
+        alpha 1.0 by default, 1.5 to 3.0 in the CREMA-D runs. Under Adam each update is divided
+        by the running RMS of the parameter's own gradient, so a slowly varying ``k_m`` is
+        largely undone; what remains is the relative weight of the full and zero-masked paths.
     """
 
     name = "agm"

@@ -18,7 +18,8 @@ COMBINERS = ("standardized_sum", "softmax_mean")
 
 @register
 class Ensemble(Method):
-    """Trains one unimodal model per modality (stages), then combines their predictions.
+    """``f(X) = sum_m (z_m - mean(z_m)) / std(z_m)`` over the logits ``z_m`` of unimodal models
+    trained separately (stages), with no joint training.
 
     ``standardized_sum`` (the authors' code): each modality's (B, C) logits are standardized
     over the whole batch x class tensor, ``(z - mean(z)) / std(z)``, and summed; the

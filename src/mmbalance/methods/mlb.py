@@ -49,15 +49,13 @@ class MLB(Method):
     multiplied by ``k_m`` of :func:`mlb_coefficients` applied to :func:`mlb_ratios` of the
     unimodal heads' scores. Classification and regression (MSE scores, ratio inverted).
 
-    Settings of the paper: alpha 0.5 / beta 10 (CREMA-D), 2.0 / 1 (AVE), 2.0 / 0.5 (UCF).
+    Notes:
+        Settings of the paper: alpha 0.5 / beta 10 (CREMA-D), 2.0 / 1 (AVE), 2.0 / 0.5 (UCF).
 
-    Optimizer: the authors ran it with Adam (lr 1e-4, weight decay 1e-4). Adam divides each
-    update by the running RMS of that parameter's own gradient, so a constant ``k_m`` is
-    largely undone; what acts is its change over steps and its effect on the balance of the
-    fused and unimodal gradient terms. ``optim.name=sgd`` makes ``k_m`` a plain step size.
-
-    Reference: Kontras et al., Improving Multimodal Learning with Multi-Loss Gradient
-    Modulation, BMVC 2024.
+        Optimizer: the authors ran it with Adam (lr 1e-4, weight decay 1e-4). Adam divides each
+        update by the running RMS of that parameter's own gradient, so a constant ``k_m`` is
+        largely undone; what acts is its change over steps and its effect on the balance of the
+        fused and unimodal gradient terms. ``optim.name=sgd`` makes ``k_m`` a plain step size.
     """
 
     name = "mlb"

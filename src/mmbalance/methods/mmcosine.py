@@ -35,16 +35,14 @@ class MMCosine(Method):
     branch ``s * cos(z_m, W_m)`` (what the official code reports as unimodal accuracy).
     Needs a decomposable fusion with one weight per modality, and classification.
 
-    Differences from the official code: it trains on the cosine logits but evaluates the
-    fused prediction with the raw linear layer (un-normalized, with its untrained bias);
-    here training and evaluation use the same cosine logits. The optional NCE term of its
-    supplementary material (weight 0 in every published run) is not implemented.
+    Notes:
+        Differences from the official code: it trains on the cosine logits but evaluates the
+        fused prediction with the raw linear layer (un-normalized, with its untrained bias);
+        here training and evaluation use the same cosine logits. The optional NCE term of its
+        supplementary material (weight 0 in every published run) is not implemented.
 
-    Optimizer: official SGD (lr 1e-3, momentum 0.9, weight decay 1e-4, StepLR(100, 0.1));
-    MMCosine changes the logits, not the gradients, so Adam needs no caveat here.
-
-    Reference: Xu et al., MMCosine: Multi-Modal Cosine Loss Towards Balanced Audio-Visual
-    Fine-Grained Learning, ICASSP 2023.
+        Optimizer: official SGD (lr 1e-3, momentum 0.9, weight decay 1e-4, StepLR(100, 0.1));
+        MMCosine changes the logits, not the gradients, so Adam needs no caveat here.
     """
 
     name = "mmcosine"

@@ -40,15 +40,13 @@ class MSLR(Method):
     ``z_m W_m^T + b/M`` of the linear fusion, so MSLR needs a decomposable fusion
     (``concat_linear``), and classification.
 
-    No official code exists; the AGM and MCR repositories implement it as a per-modality
-    gradient multiplier (init 0.7/1.3 for ResNet CREMA-D, 0.9/1.1 for the Conformer runs,
-    k = 5 by default, 20 CREMA-D, 10 AVE). The paper describes learning rates, so here they
-    are learning rates: under Adam a gradient multiplier would be largely undone, a
-    learning-rate scale is not. Optimizer: the AGM repository runs MSLR with SGD
-    (momentum 0.9, weight decay 1e-4), the MCR authors with Adam; here it is ``optim.name``.
-
-    Reference: Yao & Mihalcea, Modality-specific Learning Rates for Effective Multimodal
-    Additive Late-fusion, Findings of ACL 2022.
+    Notes:
+        No official code exists; the AGM and MCR repositories implement it as a per-modality
+        gradient multiplier (init 0.7/1.3 for ResNet CREMA-D, 0.9/1.1 for the Conformer runs,
+        k = 5 by default, 20 CREMA-D, 10 AVE). The paper describes learning rates, so here they
+        are learning rates: under Adam a gradient multiplier would be largely undone, a
+        learning-rate scale is not. Optimizer: the AGM repository runs MSLR with SGD
+        (momentum 0.9, weight decay 1e-4), the MCR authors with Adam; here it is ``optim.name``.
     """
 
     name = "mslr"

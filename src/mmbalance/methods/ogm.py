@@ -34,24 +34,24 @@ def ogm_coefficients(scores: Tensor, alpha: float) -> Tensor:
 
 @register
 class OGM(Method):
-    """On-the-fly Gradient Modulation: damps the gradient of the dominant modality's encoder.
+    """``L = L_task(f(X), y)``; after backward the encoder weight gradients of modality m are
+    multiplied by ``k_m = 1 - tanh(alpha * s_m / min_j s_j)`` for the dominant modality (1
+    for the others; :func:`ogm_coefficients`), ``s_m = sum_i softmax(out_m)[i, y_i]``.
 
-    The loss is the fused task loss only. Before backward, each modality is scored by its
+    Before backward, each modality is scored by its
     share ``out_m = z_m W_m^T + b/M`` (B, C) of the linear fusion; after backward, while
     ``start_epoch <= epoch <= end_epoch``, the gradient of every weight tensor (ndim >= 2) of
     modality m's encoder is multiplied by ``k_m`` (:func:`ogm_coefficients`). The official
     code touches the encoders' conv kernels only, so biases and norm scales are left alone.
     Needs a decomposable fusion (``concat_linear``) and classification.
 
-    Optimizer: the official code uses SGD (lr 1e-3, momentum 0.9, weight decay 1e-4,
-    StepLR(70, 0.1), batch 64); alpha 0.8 for CREMA-D, 0.1 for VGGSound. Under Adam
-    (``optim.name=adam``, the default here and the MCR authors' choice) each update is
-    divided by the running RMS of that parameter's own gradient, so a constant ``k_m`` is
-    largely undone; only its change from step to step survives. Use ``optim.name=sgd`` for
-    the published setting.
-
-    Reference: Peng et al., Balanced Multimodal Learning via On-the-fly Gradient
-    Modulation, CVPR 2022.
+    Notes:
+        Optimizer: the official code uses SGD (lr 1e-3, momentum 0.9, weight decay 1e-4,
+        StepLR(70, 0.1), batch 64); alpha 0.8 for CREMA-D, 0.1 for VGGSound. Under Adam
+        (``optim.name=adam``, the default here and the MCR authors' choice) each update is
+        divided by the running RMS of that parameter's own gradient, so a constant ``k_m`` is
+        largely undone; only its change from step to step survives. Use ``optim.name=sgd`` for
+        the published setting.
     """
 
     name = "ogm"
@@ -129,12 +129,13 @@ class OGM(Method):
 
 @register
 class OGMGE(OGM):
-    """OGM-GE: OGM plus Gaussian noise ``N(0, std(g) + 1e-8)`` on the gradient ``g`` of every
-    modulated encoder weight of EVERY modality (the generalization enhancement), with the
-    std taken from the gradient BEFORE it is scaled by ``k_m``.
+    """OGM plus Gaussian noise: ``g <- k_m g + N(0, std(g) + 1e-8)`` on the gradient ``g`` of
+    every modulated encoder weight of EVERY modality (the generalization enhancement), with
+    the std taken from the gradient BEFORE it is scaled by ``k_m``.
 
-    Optimizer and Adam: as :class:`OGM`; under Adam the noise is normalized together with
-    the gradient, so its relative size is what remains. Reference: as :class:`OGM`.
+    Notes:
+        Optimizer and Adam: as :class:`OGM`; under Adam the noise is normalized together
+        with the gradient, so its relative size is what remains.
     """
 
     name = "ogm_ge"

@@ -42,18 +42,17 @@ class PMR(Method):
     finished epoch, 0); here every later one is averaged. The paper's prototype entropy
     regularizer is absent from the official code and from here. Classification; any fusion.
 
-    Prototypes come from TRAINING batches only. The MCR authors' AVE code computes them from
-    the validation set; that lets validation labels shape training and leaks into model
-    selection, so it is not copied. The MCR authors ran PMR with ``momentum=0.0`` and
-    ``alpha=2.0`` (issue 14); the defaults here stay the official code's (0.2, 1.0) and the
-    per-dataset configs set the authors' values.
+    Notes:
+        Prototypes come from TRAINING batches only. The MCR authors' AVE code computes them from
+        the validation set; that lets validation labels shape training and leaks into model
+        selection, so it is not copied. The MCR authors ran PMR with ``momentum=0.0`` and
+        ``alpha=2.0`` (issue 14); the defaults here stay the official code's (0.2, 1.0) and the
+        per-dataset configs set the authors' values.
 
-    Optimizer: official SGD (lr 1e-4, momentum 0.9, weight decay 1e-4, StepLR(70, 0.1)).
-    PMR adds a loss term rather than scaling gradients; under Adam, the per-parameter
-    normalization rescales the weaker encoder's total gradient, so ``alpha`` changes its
-    direction more than its size.
-
-    Reference: Fan et al., PMR: Prototypical Modal Rebalance for Multimodal Learning, CVPR 2023.
+        Optimizer: official SGD (lr 1e-4, momentum 0.9, weight decay 1e-4, StepLR(70, 0.1)).
+        PMR adds a loss term rather than scaling gradients; under Adam, the per-parameter
+        normalization rescales the weaker encoder's total gradient, so ``alpha`` changes its
+        direction more than its size.
     """
 
     name = "pmr"
