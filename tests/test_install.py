@@ -31,6 +31,9 @@ CHECK = textwrap.dedent("""
         assert importlib.util.find_spec(extra) is None, f"{extra} is installed without an extra"
     names = [m.name for m in pkgutil.walk_packages(mmbalance.__path__, "mmbalance.")]
     for name in names:
+        if name.endswith(".__main__"):  # runs the CLI when imported: found, not run
+            assert importlib.util.find_spec(name) is not None
+            continue
         importlib.import_module(name)
     print("imported", len(names) + 1, "modules")
 
