@@ -192,7 +192,7 @@ def test_model_receives_train_standardized_inputs(tmp_path, monkeypatch):
                 np.testing.assert_allclose(x.std(_feature_axes(x)), 1.0, atol=1e-4)
             else:  # in order: compare the values; train statistics, so the +5 shift shows
                 np.testing.assert_allclose(got[m].numpy(), (rows - mean) / std, rtol=1e-4, atol=1e-4)
-                assert np.all(got[m].numpy().std(_feature_axes(arr)) > 2.0), (name, m)  # x3: not own stats
+                assert np.abs(got[m].numpy().mean(_feature_axes(arr))).max() > 1.0, (name, m)  # not own stats
 
     seen = []
     forward = MultimodalModel.forward
