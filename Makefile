@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test test-install mutation install install-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,19 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+# A fresh venv with only the declared dependencies (no extras): every module imports and a
+# WAV-reading loader runs. Slow (a pip install); CI runs it after `make test`.
+test-install: install-test
+	$(BIN)/python -m pytest -q -m slow tests/test_install.py
+
+# Mutation testing (mutmut, pinned in constraints.txt) of losses/, methods/, data/arrays.py and
+# the checkpoint code, each with the fast tests that cover it; results in .mutation/<module>/.
+# One module: make mutation MODULES=losses. Kill rates: docs/testing.md.
+MODULES ?= losses methods arrays rundir
+mutation: install-test
+	$(PIP) mutmut
+	$(BIN)/python tests/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) runs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -132,17 +133,33 @@ def test_tuned_overrides_change_the_fingerprint_and_are_recorded(tmp_path):
 
 
 def pool_runner(job, run_dir):
-    """Module-level (picklable) fake runner for the process pool; reports its process."""
+    """Module-level (picklable) fake runner for the process pool; reports its process. Each
+    call first checks in under $MMB_TEST_CHECKIN and waits (up to 120 s) until two processes
+    have: a pool whose first worker would drain the queue before the second started, or
+    that ran the jobs in one process, cannot pass."""
     import os
+    import time
+    from pathlib import Path
+
+    checkin = Path(os.environ["MMB_TEST_CHECKIN"])
+    (checkin / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(checkin.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     row = row_from_metrics(job, fake_metrics(job))
     row["hyperparameters"] = json.dumps({"pid": os.getpid()})
     return row
 
 
-@pytest.mark.slow  # two spawned processes import torch and lightning: ~15 s on 2 busy cores
-def test_parallel_workers_record_every_run_once(tmp_path):
+# Not slow: ~12 s, and it guards the mode behind the README's full sweep (workers > 1).
+def test_parallel_workers_record_every_run_once(tmp_path, monkeypatch):
+    checkin = tmp_path / "checkin"
+    checkin.mkdir()
+    monkeypatch.setenv("MMB_TEST_CHECKIN", str(checkin))  # spawned workers inherit it
     jobs = make_jobs(SETTINGS, VARIANTS)
-    outcome = run_sweep(jobs, tmp_path, workers=2, runner=pool_runner, log=lambda s: None)
-    rows = _rows(tmp_path)
+    outcome = run_sweep(jobs, tmp_path / "out", workers=2, runner=pool_runner, log=lambda s: None)
+    rows = _rows(tmp_path / "out")
     assert len(outcome.written) == 8 and sorted(r["run_id"] for r in rows) == sorted(j.run_id for j in jobs)
-    assert len({json.loads(r["hyperparameters"])["pid"] for r in rows}) >= 1
+    pids = {json.loads(r["hyperparameters"])["pid"] for r in rows}
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, neither of them this one
+    assert {int(p.name) for p in checkin.iterdir()} == pids

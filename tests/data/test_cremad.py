@@ -139,9 +139,13 @@ def test_empty_frame_folder_is_an_error(root):
         load(root)
 
 
-def test_train_end_to_end(root, tmp_path):
-    metrics = train_cli("cremad", root, tmp_path / "run")
-    assert 0 <= metrics["test"]["accuracy"] <= 1 and "macro_f1" in metrics["test"]
+def test_train_end_to_end(tmp_path):
+    """Planted signal (grey level and tone follow the label), 18 test clips, chance 1/6.
+    Measured over run seeds 0-2 (4 epochs, lr 0.01): 0.33, 0.33, 0.67."""
+    write_cremad(tmp_path / "cremad", train_per_class=4, test_per_class=3, signal=True)
+    metrics = train_cli("cremad", tmp_path / "cremad", tmp_path / "run", "trainer.max_epochs=4", "optim.lr=0.01")
+    assert "macro_f1" in metrics["test"]
+    assert metrics["test"]["accuracy"] >= 1 / 6 + 0.08  # at least 5 of 18 right; chance is 3
 
 
 @pytest.mark.parametrize("option", [{"image_size": 0}, {"val_fraction": 1.0}, {"audio_seconds": 0.0},

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from mmbalance import DataError
 from mmbalance.cli import main
@@ -144,3 +145,67 @@ def test_cli_subprocess_no_traceback(tmp_path):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {path}: modality 'video' has 59 rows but 'label' has 60"]
+
+
+def _shifted_file(tmp_path):
+    """Train rows centred at 3 (scale 2) per feature, val/test rows scaled x3 and shifted by +5: standardizing val/test with their own statistics, or not at all, is visible."""
+    rng = np.random.default_rng(3)
+    split = np.array(["train"] * 80 + ["val"] * 20 + ["test"] * 20)
+    scale = np.array([1.0, 2.0, 5.0, 0.5], np.float32)
+    audio = rng.normal(3.0, 2.0, size=(120, 4)).astype(np.float32) * scale
+    video = (rng.normal(size=(120, 5, 3)) * [1.0, 10.0, 0.1] + [-4.0, 0.0, 7.0]).astype(np.float32)
+    for arr in (audio, video):
+        arr[80:] = arr[80:] * 3 + 5
+    path = tmp_path / "shifted.npz"
+    np.savez(path, audio=audio, video=video, label=np.arange(120) % 3, split=split)
+    return path, {"audio": audio, "video": video}, split
+
+
+def _feature_axes(x):
+    return tuple(range(x.ndim - 1))  # (N, D): over rows; (N, T, D): over rows and time
+
+
+def test_model_receives_train_standardized_inputs(tmp_path, monkeypatch):
+    """The values the model is fed, through the product's own path (build_data, the
+    training loaders and a real training epoch): per feature mean 0 / std 1 on train, and
+    val/test transformed with the train statistics, not their own."""
+    from mmbalance.config import build_config
+    from mmbalance.methods import get_method
+    from mmbalance.models import MultimodalModel
+    from mmbalance.training import train
+    from mmbalance.training.build import build_data, loaders
+
+    path, raw, split = _shifted_file(tmp_path)
+    cfg = build_config("joint", str(path), {"trainer.max_epochs": 1, "trainer.progress": False,
+                                            "data.batch_size": 16, "model.feature_dim": 8, "model.hidden": 8},
+                       get_method("joint").Hyperparameters)
+    _, dls = loaders(build_data(cfg), cfg, cfg.seed)
+    for name, dl in zip(("train", "val", "test"), dls):
+        got = {m: torch.cat([batch[0][m] for batch in dl]) for m in raw}
+        for m, arr in raw.items():
+            train_rows = arr[split == "train"].astype(np.float64)
+            mean, std = train_rows.mean(_feature_axes(arr)), train_rows.std(_feature_axes(arr))
+            rows = arr[split == name]
+            if name == "train":  # shuffled: compare the statistics
+                x = got[m].double().numpy()
+                np.testing.assert_allclose(x.mean(_feature_axes(x)), 0.0, atol=1e-5)
+                np.testing.assert_allclose(x.std(_feature_axes(x)), 1.0, atol=1e-4)
+            else:  # in order: compare the values; train statistics, so the +5 shift shows
+                np.testing.assert_allclose(got[m].numpy(), (rows - mean) / std, rtol=1e-4, atol=1e-4)
+                assert np.abs(got[m].numpy().mean(_feature_axes(arr))).max() > 1.0, (name, m)  # not own stats
+
+    seen = []
+    forward = MultimodalModel.forward
+
+    def recording(self, inputs):
+        if self.training:
+            seen.append({m: v.detach().clone() for m, v in inputs.items()})
+        return forward(self, inputs)
+
+    monkeypatch.setattr(MultimodalModel, "forward", recording)
+    train(cfg, tmp_path / "run")
+    for m in raw:
+        x = torch.cat([s[m] for s in seen]).double().numpy()
+        assert len(x) == 80
+        np.testing.assert_allclose(x.mean(_feature_axes(x)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(x.std(_feature_axes(x)), 1.0, atol=1e-4)

@@ -4,6 +4,12 @@ pickles with ``pickle`` and HDF5 with h5py, independently of the readers they te
 
 Frames are constant images whose grey level encodes the frame's position in its folder
 (``frame_value(k)``), so a test can tell which frames a loader picked, and in what order.
+
+``signal=True`` plants the label instead, for end-to-end tests that must learn something:
+every frame of a clip has grey level ``signal_value(label)``, tones are ``signal_freq(label)``
+Hz, spectrograms and feature rows are offset by the label. A model that trains at all then
+beats chance by a wide margin; one that does not (broken loader, labels shuffled against
+inputs, no learning) stays at chance.
 """
 
 from __future__ import annotations
@@ -25,6 +31,16 @@ UCF_CLASSES = {"ApplyEyeMakeup": 0, "Basketball": 7}  # class name -> UCF101 lab
 def frame_value(k: int) -> int:
     """Grey level of the k-th frame (sorted order) of every fixture clip."""
     return 30 + 40 * k
+
+
+def signal_value(label: int, classes: int) -> int:
+    """Grey level of every frame of a class-``label`` clip under ``signal=True``: 20 to 235."""
+    return int(round(20 + 215 * label / max(classes - 1, 1)))
+
+
+def signal_freq(label: int) -> float:
+    """Tone (Hz) of a class-``label`` clip under ``signal=True``."""
+    return 300.0 + 400.0 * label
 
 
 def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
@@ -49,26 +65,31 @@ def jpeg_bytes(value: int, size=(24, 32)) -> bytes:
     return buffer.getvalue()
 
 
-def write_frames(folder: Path, count: int, size=(24, 32)) -> List[Path]:
-    """``count`` frames ``00001.jpg``... written in reverse order (so only sorting finds them)."""
+def write_frames(folder: Path, count: int, size=(24, 32), value: int | None = None) -> List[Path]:
+    """``count`` frames ``00001.jpg``... written in reverse order (so only sorting finds them);
+    grey level ``frame_value(k)``, or ``value`` for all of them."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{k + 1:05d}.jpg" for k in range(count)]
     for k in reversed(range(count)):
-        paths[k].write_bytes(jpeg_bytes(frame_value(k), size))
+        paths[k].write_bytes(jpeg_bytes(frame_value(k) if value is None else value, size))
     return paths
 
 
-def write_cremad(root: Path, train_per_class: int = 2, test_per_class: int = 1, frames: int = 4) -> Dict[str, list]:
+def write_cremad(root: Path, train_per_class: int = 2, test_per_class: int = 1, frames: int = 4,
+                 signal: bool = False) -> Dict[str, list]:
     """CREMA-D: ``AudioWAV/``, ``Image-01-FPS/``, ``train.csv``, ``test.csv`` and a one-fold
     ``data_splits_VALV.pkl`` (JSON). Returns split -> [(clip, class name)]."""
+    n = len(CREMAD_CLASSES)
     rows: Dict[str, list] = {"train": [], "test": []}
     actor = 1001
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for cls in CREMAD_CLASSES:
             for _ in range(count):
                 clip = f"{actor}_DFA_{cls}_XX"
-                write_wav(root / "AudioWAV" / f"{clip}.wav", freq=200.0 + 10 * (actor % 50))
-                write_frames(root / "Image-01-FPS" / clip, frames)
+                label = CREMAD_CLASSES.index(cls)
+                write_wav(root / "AudioWAV" / f"{clip}.wav",
+                          freq=signal_freq(label) if signal else 200.0 + 10 * (actor % 50))
+                write_frames(root / "Image-01-FPS" / clip, frames, value=signal_value(label, n) if signal else None)
                 rows[split].append((clip, cls))
                 actor += 1
     for split, items in rows.items():
@@ -79,7 +100,7 @@ def write_cremad(root: Path, train_per_class: int = 2, test_per_class: int = 1, 
     return rows
 
 
-def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40) -> Dict[str, list]:
+def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40, signal: bool = False) -> Dict[str, list]:
     """AVE: the three split files, ``Audio-1004-SE/<id>.pkl`` (257 x ``width``) and
     ``Image-01-FPS-SE/<id>/``. Returns split -> [(video id, class name)]."""
     rng = np.random.default_rng(0)
@@ -87,29 +108,31 @@ def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40)
     names = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
     for split, count in zip(names, per_split):
         rows[split] = []
-        for cls in AVE_CLASSES:
+        for label, cls in enumerate(AVE_CLASSES):
             for i in range(count):
                 vid = f"{split[:2]}{cls[:3].replace(' ', '')}{i:02d}xyz"
                 (root / "Audio-1004-SE").mkdir(parents=True, exist_ok=True)
-                spec = rng.normal(-5, 2, size=(257, width)).astype(np.float32)
+                spec = rng.normal(-5 + (3 * label if signal else 0), 2, size=(257, width)).astype(np.float32)
                 (root / "Audio-1004-SE" / f"{vid}.pkl").write_bytes(pickle.dumps(spec))
-                write_frames(root / "Image-01-FPS-SE" / vid, frames)
+                write_frames(root / "Image-01-FPS-SE" / vid, frames,
+                             value=signal_value(label, len(AVE_CLASSES)) if signal else None)
                 rows[split].append((vid, cls))
         (root / names[split]).write_text("".join(f"{c}&{v}&good&0&10\n" for v, c in rows[split]))
     return rows
 
 
-def write_ucf51(root: Path, frames: int = 5, size=(24, 32)) -> Dict[str, list]:
+def write_ucf51(root: Path, frames: int = 5, size=(24, 32), clips: int = 2, signal: bool = False) -> Dict[str, list]:
     """UCF-51: ``UCF_fps1_audio16000.pkl``, ``ucfTrainTestlist/{train,test}list01.txt`` and
-    ``class_change.pkl``; groups g01-g02 train, g03 test, plus one listed clip without audio.
-    Returns split -> [clip file name]."""
+    ``class_change.pkl``; groups g01-g02 train, g03 test (``clips`` clips per group and class),
+    plus one listed clip without audio. Returns split -> [clip file name]."""
     table, rows = {}, {"train": [], "test": []}
     t = np.arange(8000) / 16000
     for cls, label in UCF_CLASSES.items():
         for group in (1, 2, 3):
-            for c in (1, 2):
+            for c in range(1, clips + 1):
                 name = f"v_{cls}_g{group:02d}_c{c:02d}.avi"
-                vision = np.stack([np.full((*size, 3), frame_value(k), np.uint8) for k in range(frames)])
+                grey = [signal_value(int(label > 0), 2) if signal else frame_value(k) for k in range(frames)]
+                vision = np.stack([np.full((*size, 3), g, np.uint8) for g in grey])
                 audio = (0.5 * np.sin(2 * np.pi * (300 + 50 * label) * t)).astype(np.float32)
                 table[name] = {"data": {"vision": vision, "audio": audio}, "label": label}
                 rows["train" if group < 3 else "test"].append(name)
@@ -123,10 +146,11 @@ def write_ucf51(root: Path, frames: int = 5, size=(24, 32)) -> Dict[str, list]:
     return rows
 
 
-def affect_table(sizes=(8, 4, 4), steps: int = 6, dims=(5, 4, 6), seed: int = 0) -> Dict[str, dict]:
+def affect_table(sizes=(8, 4, 4), steps: int = 6, dims=(5, 4, 6), seed: int = 0, signal: bool = False) -> Dict[str, dict]:
     """A MultiBench-style affect dict: front-padded (N, T, D) arrays, labels in [-3, 3]
     ((N, 1, 1) for train, (N, 1) otherwise), two -inf audio values in train, and one train
-    sample whose text is all zero (MultiBench drops it)."""
+    sample whose text is all zero (MultiBench drops it). ``signal``: every unpadded step of
+    every modality is offset by the label (shuffled labels, so split order does not give it)."""
     rng = np.random.default_rng(seed)
     table = {}
     for key, n in zip(("train", "valid", "test"), sizes):
@@ -134,6 +158,10 @@ def affect_table(sizes=(8, 4, 4), steps: int = 6, dims=(5, 4, 6), seed: int = 0)
         for name in part:
             part[name][:, :2] = 0.0  # front padding
         labels = np.linspace(-3, 3, n)
+        if signal:
+            labels = rng.permutation(labels)
+            for name in part:
+                part[name][:, 2:] += labels[:, None, None]
         part["labels"] = labels.reshape(n, 1, 1) if key == "train" else labels.reshape(n, 1)
         part["id"] = np.array([f"{key}{i}" for i in range(n)])
         table[key] = part
@@ -152,7 +180,8 @@ def write_affect(path: Path, **kwargs) -> Dict[str, dict]:
 
 
 def write_sthsth(root: Path, train: int = 6, val: int = 2, frames: int = 6, templates: Sequence[str] = (
-        "Pushing [something] from left to right", "Holding [something] next to [something]")) -> Dict[str, list]:
+        "Pushing [something] from left to right", "Holding [something] next to [something]"),
+        signal: bool = False) -> Dict[str, list]:
     """Something-Something v2: labels and annotation JSONs, ``dataset.hdf5`` and
     ``flow_dataset.hdf5`` (one fewer flow frame). Returns split -> [(video id, label)]."""
     import h5py
@@ -165,18 +194,19 @@ def write_sthsth(root: Path, train: int = 6, val: int = 2, frames: int = 6, temp
             entries = [{"id": f"{split}{i}", "template": templates[i % len(templates)], "label": "x"} for i in range(count)]
             (root / f"something-something-v2-{name}.json").write_text(json.dumps(entries))
             rows[split] = [(e["id"], i % len(templates)) for i, e in enumerate(entries)]
-            for e in entries:
-                _h5_frames(rgb, e["id"], frames)
-                _h5_frames(flow, e["id"], frames - 1)
+            for e, (_, label) in zip(entries, rows[split]):
+                value = signal_value(label, len(templates)) if signal else None
+                _h5_frames(rgb, e["id"], frames, value)
+                _h5_frames(flow, e["id"], frames - 1, value)
     return rows
 
 
-def _h5_frames(handle, video: str, count: int) -> None:
+def _h5_frames(handle, video: str, count: int, value: int | None = None) -> None:
     import h5py
 
     data = handle.create_dataset(video, (count,), dtype=h5py.vlen_dtype(np.dtype("uint8")))
     for k in range(count):
-        data[k] = np.frombuffer(jpeg_bytes(frame_value(k)), dtype=np.uint8)
+        data[k] = np.frombuffer(jpeg_bytes(frame_value(k) if value is None else value), dtype=np.uint8)
 
 
 def write_sthsth_features(root: Path, train: int = 8, val: int = 4, dims=(6, 5)) -> None:
