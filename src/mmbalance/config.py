@@ -117,6 +117,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     probe_every: int = 0  # fit linear probes on each modality's frozen features every K epochs; 0: off
     stage_cache: Optional[str] = None  # folder where unimodal stages are trained once per configuration
+    final_probe: bool = False  # after training: per-modality linear probes (best checkpoint, train -> test)
 
 
 @dataclass
