@@ -101,7 +101,8 @@ def ceilings(jobs: Sequence[Job], out: str | Path, draws: int = CEILING_DRAWS,
     for job in jobs:
         if job.data_spec != "synthetic":
             continue
-        spec = build_config("joint", "synthetic", dict(job.overrides), get_method("joint").Hyperparameters).data
+        data = {k: v for k, v in job.overrides if k.startswith("data.")}  # only the data shapes it
+        spec = build_config("joint", "synthetic", data, get_method("joint").Hyperparameters).data
         key = json.dumps({f: getattr(spec, f) for f in _SPEC_FIELDS} | {"draws": draws}, sort_keys=True)
         if key not in cache:
             c = bayes_accuracy(spec, draws)
