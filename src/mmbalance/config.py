@@ -118,6 +118,7 @@ class TrainerConfig:
     probe_every: int = 0  # fit linear probes on each modality's frozen features every K epochs; 0: off
     log_term_grad_norms: bool = False  # log each loss term's gradient norm per encoder (diagnose shows shares)
     stage_cache: Optional[str] = None  # folder where unimodal stages are trained once per configuration
+    final_probe: bool = False  # after training: per-modality linear probes (best checkpoint, train -> test)
 
 
 @dataclass

@@ -1,52 +1,104 @@
-"""summary.md and the plots from a handmade results table, against hand-computed values."""
+"""summary.md and the plots from a handmade results table, against hand-computed values.
+
+Student t quantiles: t_{0.975, 2} = 4.302653 (3 seeds), t_{0.975, 1} = 12.706205 (2 seeds).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+
+import pytest
+
 from mmbalance.bench.report import SweepTable, format_summary, write_report
+from mmbalance.bench.stats import RANK_CAVEAT
+
+T2 = 4.302653
+A, B = (0.8, 0.1), (0.1, 0.8)
 
 
-def _row(method, shared, unique1, seed, acc):
+def _row(method, shared, unique1, seed, acc, probe=None):
     return {"method": method, "shared": str(shared), "unique1": str(unique1), "seed": str(seed),
-            "test_accuracy": str(acc)}
+            "test_accuracy": str(acc), "probe": json.dumps(probe) if probe else "",
+            "hyperparameters": json.dumps({"optim.lr": 0.001}), "tuning_trials": "0"}
 
 
-ROWS = [
-    _row("ensemble", 0.8, 0.1, 0, 0.60), _row("ensemble", 0.8, 0.1, 1, 0.70),
-    _row("mcr", 0.8, 0.1, 0, 0.65), _row("mcr", 0.8, 0.1, 1, 0.80),
-    _row("joint", 0.8, 0.1, 0, 0.50),
-    _row("ensemble", 0.1, 0.8, 0, 0.40), _row("mcr", 0.1, 0.8, 0, 0.30), _row("joint", 0.1, 0.8, 0, 0.45),
-]
+ACC_A = {"ensemble": (0.60, 0.70, 0.66), "mcr": (0.70, 0.80, 0.72), "joint": (0.50, 0.60, 0.55)}
+PROBE_X2 = {"mcr": (0.55, 0.60, 0.50), "unimodal-x2": (0.60, 0.62, 0.58), "joint": (0.52, 0.62, 0.58)}
+ROWS = [_row(m, *A, s, acc[s], {"x1": 0.7, "x2": PROBE_X2[m][s]} if m in PROBE_X2 else None)
+        for m, acc in ACC_A.items() for s in range(3)]
+ROWS += [_row("unimodal-x2", *A, s, 0.3, {"x1": 0.2, "x2": PROBE_X2["unimodal-x2"][s]}) for s in range(3)]
+ROWS += [_row("ensemble", *B, 0, 0.40), _row("mcr", *B, 0, 0.30), _row("joint", *B, 0, 0.45)]
+CEILINGS = {(A, 0): {"both": 0.89, "x1": 0.8, "x2": 0.6}, (A, 1): {"both": 0.90, "x1": 0.8, "x2": 0.6},
+            (A, 2): {"both": 0.91, "x1": 0.8, "x2": 0.6}, (B, 0): {"both": 0.60, "x1": 0.55, "x2": 0.3}}
+METHODS = ["ensemble", "joint", "mcr", "unimodal-x2"]
 
 
-def test_stats_delta_and_ranks_by_hand():
-    t = SweepTable.from_rows(ROWS, ["ensemble", "joint", "mcr"])
-    assert t.cells == [(0.8, 0.1), (0.1, 0.8)]  # sorted by U1/S
-    mean, std, n = t.stats("mcr", (0.8, 0.1))
-    assert (round(mean, 6), round(std, 6), n) == (0.725, round(0.15 / 2 ** 0.5, 6), 2)
-    d_mean, d_std, pairs = t.delta("mcr", (0.8, 0.1))  # paired: +0.05 and +0.10
-    assert (round(d_mean, 6), round(d_std, 6), pairs) == (0.075, round(0.05 / 2 ** 0.5, 6), 2)
-    assert t.delta("joint", (0.8, 0.1))[2] == 1  # only seed 0 has a pair
-    assert t.ranks((0.8, 0.1)) == {"mcr": 1, "ensemble": 2, "joint": 3}
-    assert t.ranks((0.1, 0.8)) == {"joint": 1, "ensemble": 2, "mcr": 3}
+def table():
+    return SweepTable.from_rows(ROWS, METHODS, CEILINGS)
 
 
-def test_summary_marks_the_best_per_column_and_the_ensemble_difference():
-    text = format_summary(SweepTable.from_rows(ROWS, ["ensemble", "joint", "mcr"]))
+def test_intervals_paired_differences_headroom_and_gaps_by_hand():
+    t = table()
+    assert t.cells == [A, B]  # sorted by U1/S
+    iv = t.interval("mcr", A)  # mean 0.74, sd 0.052915
+    assert iv.n == 3 and iv.mean == pytest.approx(0.74)
+    assert iv.half_width == pytest.approx(T2 * math.sqrt(0.0028) / math.sqrt(3), rel=1e-5)
+    d = t.paired("mcr", A, "ensemble")  # differences 0.10, 0.10, 0.06
+    assert d.interval.mean == pytest.approx(0.26 / 3) and d.significant
+    assert d.interval.half_width == pytest.approx(T2 * math.sqrt(0.0016 / 3) / math.sqrt(3), rel=1e-5)
+    assert t.paired("mcr", B, "ensemble").interval.n == 1 and not t.paired("mcr", B, "ensemble").significant
+    shares = [(0.70 - 0.50) / (0.89 - 0.50), (0.80 - 0.60) / (0.90 - 0.60), (0.72 - 0.55) / (0.91 - 0.55)]
+    assert t.headroom("mcr", A).mean == pytest.approx(sum(shares) / 3)
+    assert t.headroom("mcr", B).mean == pytest.approx((0.30 - 0.45) / (0.60 - 0.45))
+    assert t.ceiling(A).mean == pytest.approx(0.90) and t.ceiling(A, "x2").mean == pytest.approx(0.6)
+    gap = t.gap("mcr", A, "x2")  # 0.05, 0.02, 0.08
+    assert gap.mean == pytest.approx(0.05) and gap.half_width == pytest.approx(T2 * 0.03 / math.sqrt(3), rel=1e-5)
+    assert t.gap("ensemble", A, "x2") is None  # no probe scores
+    assert t.ranks(A) == {"mcr": 1, "ensemble": 2, "joint": 3, "unimodal-x2": 4}
+    assert t.ranks(B) == {"joint": 1, "ensemble": 2, "mcr": 3}
+
+
+def test_summary_tables_by_hand():
+    text = format_summary(table())
     lines = text.splitlines()
-    mcr = next(line for line in lines if line.startswith("| mcr | **72.50"))
-    assert "**72.50 ± 10.61**" in mcr and "| 30.00 ± 0.00 |" in mcr
-    assert "| joint | 50.00 ± 0.00 | **45.00 ± 0.00** |" in lines
-    assert "| mcr | +7.50 ± 3.54 | -10.00 ± 0.00 |" in lines
-    assert "| mcr | 1 | 3 |" in lines
+    assert "| *Bayes ceiling, both modalities* | 90.00 ± 2.48 | 60.00 (n=1) |" in lines
+    assert "| *Bayes ceiling, x2 alone* | 60.00 ± 0.00 | 30.00 (n=1) |" in lines
+    # best mean in bold only where there are 2+ seeds; one seed prints no ±
+    assert "| mcr | **74.00 ± 13.14** | 30.00 (n=1) |" in lines
+    assert "| joint | 55.00 ± 12.42 | 45.00 (n=1) |" in lines
+    assert "| mcr | +8.67 ± 5.74 * | -10.00 (n=1) |" in lines  # vs the Ensemble
+    assert "| mcr | +19.00 ± 4.30 * | -15.00 (n=1) |" in lines  # vs joint: 0.20, 0.20, 0.17
+    assert "| ensemble | +10.33 ± 1.43 * | -5.00 (n=1) |" in lines
+    assert "| *ceiling − joint* | +35.00 ± 11.38 * | +15.00 (n=1) |" in lines  # 0.39, 0.30, 0.36
+    assert f"Caveat: {RANK_CAVEAT}." in lines and "| mcr | 1 | 3 |" in lines
+    assert "| mcr | — | +5.00 ± 7.45 | — | — |" in lines  # gaps x1, x2 at A (no unimodal-x1), none at B
+    assert "| joint | — | +2.67 ± 11.47 | — | — |" in lines  # 0.08, -0.02, 0.00
+    assert "| *Bayes ceiling, m alone* | 80.00 ± 0.00 | 60.00 ± 0.00 | 55.00 (n=1) | 30.00 (n=1) |" in lines
+    assert "| mcr | 0 | `{\"optim.lr\": 0.001}` |" in lines
     assert "U1/S=0.125 (S=0.8, U1=0.1)" in text and "U1/S=8 (S=0.1, U1=0.8)" in text
 
 
+def test_single_seed_tables_print_no_interval_and_no_best():
+    text = format_summary(SweepTable.from_rows([r for r in ROWS if r["seed"] == "0"], METHODS, CEILINGS))
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert not any("±" in line or "**" in line for line in rows) and "no best marked" in text
+
+
 def test_report_files_with_and_without_an_ensemble(tmp_path):
-    written = write_report(ROWS, tmp_path)
+    written = write_report(ROWS, tmp_path, ceilings=CEILINGS)
     assert [p.name for p in written] == ["summary.md", "accuracy_vs_ratio.png", "delta_vs_ensemble.png"]
     assert all(p.stat().st_size > 0 for p in written)
     other = tmp_path / "noens"
     other.mkdir()
     written = write_report([r for r in ROWS if r["method"] != "ensemble"], other)
     assert [p.name for p in written] == ["summary.md", "accuracy_vs_ratio.png"]
-    assert "no difference to the Ensemble" in (other / "summary.md").read_text()
+    text = (other / "summary.md").read_text()
+    assert "no difference to the Ensemble" in text and "no share-of-headroom table" in text
+
+
+def test_one_setting_off_the_grid_gets_a_bar_plot(tmp_path):
+    rows = [{**r, "shared": "", "unique1": "", "data": "mfeat"} for r in ROWS if r["shared"] == "0.8"]
+    written = write_report(rows, tmp_path)
+    assert [p.name for p in written] == ["summary.md", "accuracy.png", "delta_vs_ensemble.png"]
+    assert "| method | mfeat |" in (tmp_path / "summary.md").read_text()

@@ -1,4 +1,4 @@
-"""Sub-commands ``bench synthetic`` and ``tune``.
+"""Sub-commands ``bench synthetic``, ``bench compare`` and ``tune``.
 
 Other benchmark modules add ``bench`` sub-commands by listing themselves in
 ``BENCH_MODULES``: each has ``register_bench(bench_subparsers)``.
@@ -35,6 +35,21 @@ def register(sub) -> None:
     s.add_argument("--trials-per-method", type=int, default=0,
                    help="tune every method with this many trials first (into OUT/tuned), then sweep")
     s.set_defaults(func=cmd_bench_synthetic)
+    c = bench_sub.add_parser("compare", help="every method on one dataset: CIs, paired deltas, ranks, gaps")
+    c.add_argument("--data", required=True, help="synthetic, a built-in dataset (e.g. mfeat), or a .npz/.h5 file")
+    c.add_argument("--out", required=True, help="comparison directory (results.csv, summary.md, runs/)")
+    c.add_argument("--methods", nargs="+", help="method names or labels, default: all registered "
+                                                "(unimodal runs of every modality are always added)")
+    c.add_argument("--seeds", nargs="+", help="run seeds, default 0 1 2 3 4")
+    c.add_argument("--data-seed", type=int, default=0, help="the split's seed, the same for every run (default 0)")
+    c.add_argument("--epochs", type=int, help="max epochs for every run (default 30)")
+    c.add_argument("--patience", type=int, help="early-stopping patience for every run (default 8)")
+    c.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    c.add_argument("--trials-per-method", type=int, default=0,
+                   help="tune every method with this many Optuna trials on the validation split first")
+    c.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides applied to every run alike (e.g. data.modalities=[pix,fou])")
+    c.set_defaults(func=cmd_bench_compare)
     for module in BENCH_MODULES:
         importlib.import_module(module).register_bench(bench_sub)
 
@@ -93,7 +108,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from .report import write_report
     from .results import ResultsFile
-    from .synthetic import load_tuned, make_jobs, method_variants, run_sweep
+    from .synthetic import ceilings, load_tuned, make_jobs, method_variants, run_sweep
     _positive(args.workers, "--workers")
     _positive(args.trials_per_method, "--trials-per-method", 0)
     if args.tuned and args.trials_per_method:
@@ -105,7 +120,11 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     variants = method_variants(args.methods)
     tuned_dir = args.tuned
     if args.trials_per_method:
-        tuned_dir = _tune_all(variants, settings, args.trials_per_method, out / "tuned", args.workers)
+        from .synthetic import TUNE_POINT
+        shared, unique1 = TUNE_POINT
+        tuned_dir = _tune_all(variants, settings.run_overrides(shared, unique1, 0), args.trials_per_method,
+                              out / "tuned", args.workers,
+                              where=f"at S={shared}, U1={unique1}, U2={settings.unique2} ")
     tuned = load_tuned(tuned_dir, variants) if tuned_dir else None
     jobs = make_jobs(settings, variants, tuned)
     _validate(jobs)
@@ -124,7 +143,8 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     wanted = {j.run_id for j in jobs}
     rows = [r for r in ResultsFile(out / "results.csv").rows() if r["run_id"] in wanted]
     paths = write_report(rows, out, [v.label for v in variants], _preamble(settings, len(rows), len(jobs),
-                                                                            tuned_dir, outcome.failed))
+                                                                            tuned_dir, outcome.failed),
+                         ceilings=ceilings(jobs, out))
     print(f"\n{len(outcome.written)} runs now, {outcome.skipped} already done, {outcome.recovered} recovered, "
           f"{len(outcome.failed)} failed; "
           f"{time.perf_counter() - start:.0f} s")
@@ -151,7 +171,7 @@ def _validate(jobs) -> None:
     for job in jobs:
         if job.variant.label not in seen:
             seen.add(job.variant.label)
-            build_config(job.variant.method, "synthetic", dict(job.overrides),
+            build_config(job.variant.method, job.data_spec, dict(job.overrides),
                          get_method(job.variant.method).Hyperparameters)
 
 
@@ -162,16 +182,18 @@ def _write_settings(out: Path, settings, variants, tuned_dir) -> None:
     (out / "sweep.json").write_text(json.dumps(info, indent=2))
 
 
-def _tune_all(variants, settings, trials: int, tuned_dir: Path, workers: int) -> Path:
-    from .synthetic import TUNE_POINT
+def _tune_all(variants, base: dict, trials: int, tuned_dir: Path, workers: int, data_spec: str = "synthetic",
+              where: str = "") -> Path:
+    """Tunes every variant with ``trials`` trials on ``base`` (seed 0), selecting on validation
+    accuracy only (``tune``'s objective), into ``tuned_dir/<label>.yaml``."""
     from .tune import TuneTask, run_tasks
-    shared, unique1 = TUNE_POINT
-    print(f"tuning {len(variants)} methods, {trials} trials each, at S={shared}, U1={unique1}, "
-          f"U2={settings.unique2} (seed 0, validation accuracy) -> {tuned_dir}", flush=True)
+    print(f"tuning {len(variants)} methods, {trials} trials each, {where}(seed 0, validation accuracy only) "
+          f"-> {tuned_dir}", flush=True)
     tasks = []
     for v in variants:
-        base = {**dict(v.fixed), **settings.run_overrides(shared, unique1, 0)}
-        tasks.append(TuneTask(v.method, v.label, tuple(sorted(base.items())), trials, str(tuned_dir)))
+        overrides = {**dict(v.fixed), **base}
+        tasks.append(TuneTask(v.method, v.label, tuple(sorted(overrides.items())), trials, str(tuned_dir),
+                              data_spec=data_spec))
     for result in run_tasks(tasks, workers):
         print(f"tuned {result.name}: val {result.best_value:.4f} with {result.best_params} "
               f"({result.finished_trials} trials)", flush=True)
@@ -194,3 +216,79 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best: val {result.best_value:.4f} (trial {result.best_trial}) {result.best_params}")
     print(f"wrote {result.config_path}")
     return 0
+
+
+def _seeds(items, default):
+    from ..errors import ConfigError
+    if not items:
+        return default
+    try:
+        return tuple(int(s) for item in items for s in item.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds must be integers, got {' '.join(items)}") from None
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from ..config import parse_set_items
+    from ..errors import ConfigError
+    from ..training.quiet import quiet_lightning
+    from .compare import CompareSettings, DEFAULT_EPOCHS, DEFAULT_PATIENCE, DEFAULT_SEEDS, compare_variants, \
+        data_modalities, make_compare_jobs
+    from .report import write_report
+    from .results import ResultsFile
+    from .synthetic import ceilings, load_tuned, run_sweep
+    _positive(args.workers, "--workers")
+    _positive(args.trials_per_method, "--trials-per-method", 0)
+    extra = parse_set_items(args.set)
+    fixed = [k for k in extra if k in ("seed", "data.seed", "trainer.max_epochs", "trainer.patience")
+             or k.startswith("method.")]
+    if fixed:
+        raise ConfigError(f"--set {fixed[0]} is chosen by the comparison; use --seeds, --data-seed, --epochs, "
+                          "--patience or --methods")
+    importlib.import_module("lightning")  # configures its loggers on import; quiet them after
+    quiet_lightning()
+    out = Path(args.out).resolve()
+    settings = CompareSettings(args.data, _seeds(args.seeds, DEFAULT_SEEDS), args.data_seed,
+                               _positive(args.epochs, "--epochs") or DEFAULT_EPOCHS,
+                               DEFAULT_PATIENCE if args.patience is None else _positive(args.patience, "--patience", 0),
+                               str(out / "stage_cache"), tuple(sorted(extra.items())))
+    modalities = data_modalities(args.data, {**extra, "data.seed": args.data_seed})
+    variants = compare_variants(args.methods, modalities)
+    tuned_dir = None
+    if args.trials_per_method:
+        tuned_dir = _tune_all(variants, settings.run_overrides(0), args.trials_per_method, out / "tuned",
+                              args.workers, data_spec=args.data, where=f"on {args.data} ")
+    tuned = load_tuned(tuned_dir, variants) if tuned_dir else None
+    jobs = make_compare_jobs(settings, variants, tuned)
+    _validate(jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps({"settings": settings.__dict__ | {"seeds": list(settings.seeds)},
+                                                  "methods": [v.label for v in variants],
+                                                  "tuned": str(tuned_dir) if tuned_dir else None}, indent=2,
+                                                 default=str))
+    print(f"bench compare on {args.data} ({', '.join(modalities)}): {len(variants)} methods x {len(settings.seeds)} "
+          f"seeds = {len(jobs)} runs; max {settings.max_epochs} epochs, patience {settings.patience}, "
+          f"{'tuned, ' + str(args.trials_per_method) + ' trials per method' if tuned_dir else 'default hyperparameters'}; "
+          f"{args.workers} worker(s) -> {out}", flush=True)
+    start = time.perf_counter()
+    try:
+        outcome = run_sweep(jobs, out, workers=args.workers, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
+        return 130
+    wanted = {j.run_id for j in jobs}
+    rows = [r for r in ResultsFile(out / "results.csv").rows() if r["run_id"] in wanted]
+    preamble = (f"{len(rows)} of {len(jobs)} runs on `{args.data}` (modalities {', '.join(modalities)}); "
+                f"split seed {settings.data_seed} for every run, run seeds {', '.join(map(str, settings.seeds))}; "
+                f"max {settings.max_epochs} epochs, early-stopping patience {settings.patience} for every method; "
+                + (f"every method tuned with {args.trials_per_method} Optuna trials on validation accuracy only"
+                   if tuned_dir else "default hyperparameters (no tuning) for every method")
+                + "".join(f", {k}={v}" for k, v in settings.extra) + "."
+                + "".join(f"\n- FAILED {run}: {err}" for run, err in outcome.failed))
+    paths = write_report(rows, out, [v.label for v in variants], preamble, ceilings=ceilings(jobs, out),
+                         title=f"Method comparison on {args.data}")
+    print(f"\n{len(outcome.written)} runs now, {outcome.skipped} already done, {outcome.recovered} recovered, "
+          f"{len(outcome.failed)} failed; {time.perf_counter() - start:.0f} s")
+    print((out / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 1 if outcome.failed else 0

@@ -26,10 +26,13 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 #: Columns of ``results.csv``, in order. ``hyperparameters`` is a JSON object of the run's
-#: learning rate, weight decay and method hyperparameters.
+#: learning rate, weight decay and method hyperparameters; ``data`` the data spec; ``probe`` a
+#: JSON object modality -> test accuracy of a linear probe on that modality's frozen encoder
+#: (``trainer.final_probe``). ``shared``/``unique1``/``unique2``/``ratio`` are empty off the
+#: synthetic grid.
 COLUMNS = ("run_id", "method", "base_method", "shared", "unique1", "unique2", "ratio", "seed",
            "val_accuracy", "test_accuracy", "epochs_run", "train_seconds", "tuning_trials",
-           "fingerprint", "hyperparameters")
+           "fingerprint", "hyperparameters", "data", "probe")
 
 
 class ResultsFile:

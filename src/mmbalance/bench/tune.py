@@ -252,7 +252,7 @@ def run_tasks(tasks: List[TuneTask], workers: int = 1) -> List[TuneResult]:
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
-    from .synthetic import _init_worker
+    from .runner import _init_worker
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads, os.getpid())) as pool:

@@ -140,6 +140,13 @@ def probe_modalities(model: torch.nn.Module, train: Dataset, evaluate: Dataset,
     return scores
 
 
+def final_probe(model: torch.nn.Module, data) -> Dict[str, float]:
+    """``trainer.final_probe``: modality -> test score of a probe fitted on the train split's
+    frozen features (the competition gap of issue 11.2 compares these across methods)."""
+    with torch.random.fork_rng(devices=[]):
+        return probe_modalities(model, data.train, data.test)
+
+
 class LinearProbe(L.Callback):
     """Fits and scores the per-modality probes every ``every`` epochs (after validation).
 

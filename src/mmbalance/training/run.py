@@ -26,7 +26,7 @@ from ..methods.pipeline import Stage
 from .build import build_data, build_method, build_model, loaders
 from .checkpoint_io import AtomicCheckpointIO
 from .module import BalanceModule
-from .probe import probe_callbacks, probe_metrics
+from .probe import final_probe, probe_callbacks, probe_metrics
 
 MINIMISED = ("mae", "mse")
 __all__ = ["MINIMISED", "atomic_write_text", "train"]
@@ -87,6 +87,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
         metrics["stages"] = {name: {k: m[k] for k in ("method", "val", "test", "train_seconds")}
                              for name, m in stages.items()}
     metrics.update(probe_metrics(trainer))
+    if cfg.trainer.final_probe:  # the model holds the best checkpoint's weights since test()
+        metrics["probe"] = final_probe(module.method.model, data)
     _flag_nonfinite(metrics)
     if trainer.is_global_zero:
         out.write_predictions(module.method, test_dl)
@@ -125,7 +127,7 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
 
 
 #: trainer keys that do not change what a stage learns (left out of its cache key)
-_NOT_SHAPING = ("progress", "log_every_n_steps", "stage_cache", "probe_every")
+_NOT_SHAPING = ("progress", "log_every_n_steps", "stage_cache", "probe_every", "final_probe")
 
 
 def stage_key(cfg: RunConfig) -> str:
