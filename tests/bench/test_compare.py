@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 from mmbalance.bench.compare import CompareSettings, compare_variants, make_compare_jobs
@@ -50,3 +51,15 @@ def test_compare_on_synthetic_writes_results_gaps_and_ceiling_then_skips(tmp_pat
     capsys.readouterr()
     assert main(args) == 0
     assert "3 of 3 runs already recorded" in capsys.readouterr().out
+
+
+def test_method_variants_with_fixed_options():
+    from mmbalance import ConfigError
+    from mmbalance.bench.runner import method_variants
+    got = method_variants(["joint", "mcr:init=unimodal:unimodal_weight=0.01"])
+    assert [v.label for v in got] == ["joint", "mcr:init=unimodal:unimodal_weight=0.01"]
+    assert got[1].method == "mcr"
+    assert got[1].fixed == (("method.init", "unimodal"), ("method.unimodal_weight", 0.01))
+    for bad in ("mrc", "nope:init=unimodal", "mcr:init"):
+        with pytest.raises(ConfigError):
+            method_variants([bad])

@@ -85,3 +85,9 @@ def test_planning_half_width_and_binomial_sd():
     assert binomial_difference_sd(0.6, 0.6, 900) == pytest.approx(0.02309, abs=1e-5)
     # paired: 10% disagreement, delta 0.02: sqrt((0.1 - 0.0004) / 900) = 0.010520
     assert binomial_difference_sd(0.62, 0.60, 900, disagreement=0.1) == pytest.approx(0.010520, abs=1e-5)
+
+
+def test_format_ci_never_prints_a_zero_interval():
+    from mmbalance.bench.stats import format_ci, mean_ci
+    assert format_ci(mean_ci([0.5, 0.5, 0.5]), scale=100) == "50.00 (same in all 3 seeds)"
+    assert "±" not in format_ci(mean_ci([0.5]))

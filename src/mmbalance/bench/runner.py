@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import yaml
+
 from ..errors import ConfigError
 from .results import ResultsFile
 
@@ -58,10 +60,24 @@ def method_variants(selected: Optional[Sequence[str]] = None,
         return variants
     wanted = [s.strip() for item in selected for s in item.split(",") if s.strip()]
     known = {v.label for v in variants} | {v.method for v in variants}
-    unknown = [w for w in wanted if w not in known]
-    if unknown:
-        raise ConfigError(f"unknown method {unknown[0]!r}; valid: {', '.join(sorted(known))}")
-    return [v for v in variants if v.label in wanted or v.method in wanted]
+    chosen = [v for v in variants if v.label in wanted or v.method in wanted]
+    for item in wanted:
+        if item in known:
+            continue
+        name, sep, options = item.partition(":")
+        if not sep or name not in REGISTRY:
+            raise ConfigError(f"unknown method {item!r}; valid: {', '.join(sorted(known))}, "
+                              "or NAME:key=value[:key=value] (e.g. mcr:init=unimodal)")
+        chosen.append(Variant(item, name, tuple(_option(item, o) for o in options.split(":"))))
+    return chosen
+
+
+def _option(item: str, text: str) -> Tuple[str, Any]:
+    """``key=value`` of a variant label -> ``("method.key", value)`` (value read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"method variant {item!r}: {text!r} is not key=value")
+    return f"method.{key}", yaml.safe_load(value)
 
 
 @dataclass(frozen=True)
