@@ -144,8 +144,8 @@ def verdict(s: Mapping[str, object]) -> str:
 
 def print_summary(rows, settings: Sequence[str]) -> None:
     print("| setting | seeds | n_test | ceiling (x1, x2) | joint | deficit (1) | probe x2 uni / joint / untrained | "
-          "gap (2) | uni x1, x2 | dist x1, x2 (3) | paired hw, sd (4) | 1234 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "gap (2) | uni x1, x2 | dist x1, x2 (3) | paired hw, sd (4) | joint drop, x2 permuted | 1234 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in settings:
         s = summarize(rows, name)
         if not s:
