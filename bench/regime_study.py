@@ -33,7 +33,7 @@ BUDGET = {"trainer.max_epochs": 20, "trainer.patience": 5, "trainer.progress": F
 VARIANTS = (("joint", "joint", {}), ("unimodal-x1", "unimodal", {"method.modality": "x1"}),
             ("unimodal-x2", "unimodal", {"method.modality": "x2"}))
 FIELDS = ("setting", "seed", "variant", "n", "n_test", "test_acc", "probe_x1", "probe_x2", "ceiling_both",
-          "ceiling_x1", "ceiling_x2", "ceiling_se", "epochs", "seconds")
+          "ceiling_x1", "ceiling_x2", "ceiling_se", "epochs", "seconds", "acc_perm_x2")
 
 
 def parse_setting(text: str) -> Dict[str, object]:
@@ -69,12 +69,26 @@ def run_one(setting: Mapping[str, object], seed: int, method: str, fixed: Mappin
     metrics = train(cfg, out)
     loaded = load_run(out)
     probes = probe_modalities(loaded.model, loaded.data.train, loaded.data.test)
+    perm = permuted_accuracy(loaded.model, loaded.data.test, "x2", seed)
     ceiling = bayes_accuracy(synthetic_spec(cfg.data), draws=200_000)
     shutil.rmtree(out, ignore_errors=True)
     return {"n": cfg.data.n, "n_test": len(loaded.data.test), "test_acc": metrics["test"]["accuracy"],
             "probe_x1": probes["x1"], "probe_x2": probes["x2"], "ceiling_both": ceiling.both,
             "ceiling_x1": ceiling.x1, "ceiling_x2": ceiling.x2, "ceiling_se": max(ceiling[3:6]),
-            "epochs": metrics["epochs_run"], "seconds": round(time.perf_counter() - start, 1)}
+            "epochs": metrics["epochs_run"], "seconds": round(time.perf_counter() - start, 1),
+            "acc_perm_x2": perm}
+
+
+def permuted_accuracy(model, dataset, modality: str, seed: int) -> float:
+    """The fused model's accuracy on ``dataset`` with ``modality``'s features permuted
+    across the rows (a seeded permutation): a diagnostic of how much the fusion uses it."""
+    import torch
+    from mmbalance.training.probe import encode_split
+    feats, labels = encode_split(model, dataset)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    feats = {**feats, modality: feats[modality][order]}
+    with torch.no_grad():
+        return float((model.fuse(feats).argmax(-1) == labels).float().mean())
 
 
 def read_rows(path: Path) -> List[Dict[str, str]]:
@@ -90,7 +104,7 @@ def append_row(path: Path, row: Mapping[str, object]) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
             writer.writeheader()
-        writer.writerow({k: row[k] for k in FIELDS})
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
         f.flush()
         os.fsync(f.fileno())
 
@@ -118,6 +132,7 @@ def summarize(rows: Sequence[Mapping[str, str]], setting: str) -> Dict[str, obje
         "probe_x2_untrained": get("unimodal-x1", "probe_x2").mean(),
         "dist_x1": (get("unimodal-x1", "ceiling_x1") - u1).mean(),
         "dist_x2": (get("unimodal-x2", "ceiling_x2") - u2).mean(),
+        "perm_drop": (joint - get("joint", "acc_perm_x2")).mean() if all(by[("joint", s)].get("acc_perm_x2") for s in seeds) else math.nan,
         "pair_hw": diff.interval.half_width, "pair_sd": float(np.std(joint - u1, ddof=1)) if len(seeds) > 1 else math.nan,
     }
 
@@ -129,8 +144,8 @@ def verdict(s: Mapping[str, object]) -> str:
 
 def print_summary(rows, settings: Sequence[str]) -> None:
     print("| setting | seeds | n_test | ceiling (x1, x2) | joint | deficit (1) | probe x2 uni / joint / untrained | "
-          "gap (2) | uni x1, x2 | dist x1, x2 (3) | paired hw, sd (4) | 1234 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "gap (2) | uni x1, x2 | dist x1, x2 (3) | paired hw, sd (4) | joint drop, x2 permuted | 1234 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in settings:
         s = summarize(rows, name)
         if not s:
@@ -138,7 +153,7 @@ def print_summary(rows, settings: Sequence[str]) -> None:
         print(f"| {name} | {s['seeds']} | {s['n_test']} | {s['ceiling']:.1f} ({s['ceiling_x1']:.1f}, "
               f"{s['ceiling_x2']:.1f}) | {s['joint']:.1f} | {s['deficit']:.1f} | {s['probe_x2_uni']:.1f} / "
               f"{s['probe_x2_joint']:.1f} / {s['probe_x2_untrained']:.1f} | {s['gap']:.1f} ± {s['gap_ci']:.1f} | {s['u1']:.1f}, {s['u2']:.1f} | "
-              f"{s['dist_x1']:.1f}, {s['dist_x2']:.1f} | {s['pair_hw']:.2f}, {s['pair_sd']:.2f} | {verdict(s)} |")
+              f"{s['dist_x1']:.1f}, {s['dist_x2']:.1f} | {s['pair_hw']:.2f}, {s['pair_sd']:.2f} | {s['perm_drop']:.1f} | {verdict(s)} |")
 
 
 def main(argv=None) -> int:

@@ -177,3 +177,24 @@ def test_signed_posterior_matches_brute_force_mixture():
                                for e in (-1, 1))
                 joint[c] += priors[t] / 3 * p1 * p2
         np.testing.assert_allclose(both[i], joint / joint.sum(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "signed"])
+def test_x2_limit_and_gain_bounded_by_where_x2_carries(family):
+    # Issue 11.3, second round: on points where x2 does not carry the label, z2 is independent
+    # of (y, z1), so no rule beats chance there. Hence Bayes(x2) <= 1/C + P(carry2)(1 - 1/C)
+    # and Bayes(both) <= Bayes(x1) + P(carry2): the caps on criterion 2 and 1 at U1/S = 8.
+    for unique2 in (0.0, 0.1):
+        spec = SyntheticSpec(shared=0.1, unique1=0.8, unique2=unique2, family=family, signal1=1.0,
+                             signal2=6.0, latent_dim=20)
+        got = bayes_accuracy(spec, draws=40_000)
+        carry2, chance = spec.shared + unique2, 1 / spec.num_classes
+        assert got.x2 <= chance + carry2 * (1 - chance) + 4 * got.x2_se
+        assert got.x2 >= chance + 0.8 * carry2 * (1 - chance)  # s2 = 6: nearly every carrier is read
+        assert got.both - got.x1 <= carry2 + 4 * (got.both_se + got.x1_se)
+
+
+def test_unique2_zero_leaves_none_points():
+    data = make_synthetic(SyntheticSpec(shared=0.1, unique1=0.8, unique2=0.0, n=4000))
+    counts = np.bincount(data["kind"], minlength=4) / 4000
+    assert counts[2] == 0 and abs(counts[3] - 0.1) < 0.02 and abs(counts[0] - 0.1) < 0.02
