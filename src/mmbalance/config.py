@@ -152,7 +152,7 @@ def resolve_data_spec(spec: str) -> str:
     """``spec`` with a file path made absolute (``synthetic`` and dataset names unchanged), so
     that a run's saved configuration works from any working directory."""
     path = Path(spec).expanduser()
-    looks_like_file = path.suffix in (".npz", ".h5", ".hdf5") or path.exists()
+    looks_like_file = path.suffix in (".npz", ".h5", ".hdf5") or path.is_file()
     return str(path.resolve()) if looks_like_file and spec != "synthetic" else spec
 
 
