@@ -99,7 +99,8 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     trainer, checkpoint = _trainer(cfg, out, callbacks)
     start = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec|not resumable|exists and is not empty).*")
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec|not resumable"
+                                "|exists and is not empty).*")
         if method_cls.trains_final:
             trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
         raise_if_stopped(trainer.current_epoch, trainer.global_step, trainer.global_rank)
