@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import MMBalanceError
+from .errors import Interrupted, MMBalanceError
 
 
 #: Modules that add sub-commands: each has ``register(subparsers)``, which adds its parsers
@@ -65,12 +67,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     method = get_method(args.method)
     overrides = load_yaml(args.config) if args.config else {}
     overrides.update(parse_set_items(args.set))
-    cfg = build_config(args.method, args.data, overrides, method.Hyperparameters)
-    metrics = train(cfg, args.out, resume=args.resume)
+    cfg = build_config(args.method, _data_spec(args), overrides, method.Hyperparameters)
+    try:
+        metrics = train(cfg, args.out, resume=args.resume)
+    except Interrupted as stop:
+        if stop.rank == 0:
+            sys.stderr.write(f"interrupted at epoch {stop.epoch} step {stop.step}; "
+                             f"continue with: {resume_command(args)}\n")
+        sys.stderr.flush()
+        return 128 + int(stop.signum)
     test = metrics["test"]
     shown = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if "/" not in k)
     print(f"{args.method}: test {shown}  ({Path(args.out) / 'metrics.json'})")
     return 0
+
+
+def _data_spec(args: argparse.Namespace) -> str:
+    """``--data``; on ``--resume`` the run's saved absolute spec when ``--data`` is the spec
+    as first given (a relative path typed in another working directory)."""
+    from .config import resolve_data_spec
+    from .engine import RunDir
+    if args.resume and RunDir(args.out).config.is_file():
+        try:
+            saved = RunDir(args.out).read_config() or {}
+        except Exception:  # an unreadable config.yaml: train() reports what it needs
+            saved = {}
+        if args.data == saved.get("data_spec_given") and args.data != resolve_data_spec(args.data):
+            if not os.path.exists(resolve_data_spec(args.data)):
+                return str(saved.get("data_spec", args.data))
+    return args.data
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The exact command that continues this run, from any working directory (paths absolute)."""
+    from .config import resolve_data_spec
+    parts = ["mmbalance", "train", "--data", resolve_data_spec(args.data), "--method", args.method]
+    if args.config:
+        parts += ["--config", str(Path(args.config).resolve())]
+    if args.set:
+        parts += ["--set", *args.set]
+    return shlex.join(parts + ["--out", str(Path(args.out).resolve()), "--resume"])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

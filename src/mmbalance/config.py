@@ -119,6 +119,8 @@ class TrainerConfig:
     log_term_grad_norms: bool = False  # log each loss term's gradient norm per encoder (diagnose shows shares)
     stage_cache: Optional[str] = None  # folder where unimodal stages are trained once per configuration
     final_probe: bool = False  # after training: per-modality linear probes (best checkpoint, train -> test)
+    checkpoint_every_n_steps: int = 0  # also rewrite last.ckpt every N optimizer steps; 0: off
+    checkpoint_every_minutes: float = 10.0  # also rewrite last.ckpt after this much wall time; 0: off
 
 
 @dataclass
@@ -139,6 +141,38 @@ class RunConfig:
         out.update(method_name=self.method, data_spec=self.data_spec, seed=self.seed,
                    method=dataclasses.asdict(self.hparams) if self.hparams is not None else {})
         return out
+
+
+#: data keys that only the synthetic generator reads (``seed`` stays: it also seeds user splits)
+SYNTHETIC_KEYS = tuple(f.name for f in dataclasses.fields(SyntheticSpec) if f.name != "seed")
+#: data keys that only the built-in real datasets read
+DATASET_KEYS = ("root", "fold", "modalities", "image_size", "num_frames", "sample_rate", "audio_seconds",
+                "spectrogram_dir", "val_fraction", "features", "audio_input")
+
+
+def resolve_data_spec(spec: str) -> str:
+    """``spec`` with a file path made absolute (``synthetic`` and dataset names unchanged), so
+    that a run's saved configuration works from any working directory."""
+    path = Path(spec).expanduser()
+    looks_like_file = path.suffix in (".npz", ".h5", ".hdf5") or path.is_file()
+    return str(path.resolve()) if looks_like_file and spec != "synthetic" else spec
+
+
+def record(cfg: RunConfig, given: Optional[str] = None) -> Dict[str, Any]:
+    """What ``config.yaml`` and ``metrics.json`` store: :meth:`RunConfig.to_dict` with the data
+    spec resolved to an absolute path (``data_spec_given``: as typed) and only the data keys
+    that apply to that kind of data (no generator settings for a ``.npz`` run)."""
+    tree = cfg.to_dict()
+    tree["data_spec"] = resolve_data_spec(cfg.data_spec)
+    tree["data_spec_given"] = given if given is not None else cfg.data_spec
+    if cfg.data_spec == "synthetic":
+        drop = set(DATASET_KEYS) | {"task"}
+    elif Path(tree["data_spec"]).is_absolute():  # a user's array file
+        drop = set(DATASET_KEYS) | set(SYNTHETIC_KEYS)
+    else:  # a built-in dataset
+        drop = set(SYNTHETIC_KEYS)
+    tree["data"] = {k: v for k, v in tree["data"].items() if k not in drop}
+    return tree
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "trainer": TrainerConfig}
@@ -169,10 +203,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def load_yaml(path: str | Path) -> Dict[str, Any]:
     """Reads a config file into dotted keys."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file")
     try:
-        tree = yaml.safe_load(Path(path).read_text()) or {}
+        tree = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({type(exc).__name__}: {exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(tree, Mapping):
@@ -271,6 +310,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("optim.weight_decay", cfg.optim.weight_decay >= 0), ("optim.grad_clip", cfg.optim.grad_clip >= 0),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0), ("trainer.max_epochs", cfg.trainer.max_epochs >= 1),
         ("trainer.devices", cfg.trainer.devices >= 1), ("trainer.patience", cfg.trainer.patience >= 0),
+        ("trainer.checkpoint_every_n_steps", cfg.trainer.checkpoint_every_n_steps >= 0),
+        ("trainer.checkpoint_every_minutes", cfg.trainer.checkpoint_every_minutes >= 0),
     ]
     for key, ok in checks:
         if not ok:

@@ -15,3 +15,18 @@ class DataError(MMBalanceError, ValueError):
 
 class NonFiniteLossError(MMBalanceError, FloatingPointError):
     """A loss term became NaN or Inf during training."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM after writing ``last.ckpt`` (not an error: the CLI
+    prints how to continue and exits with 128 + the signal number).
+
+    Attributes:
+        signum: the signal received.
+        epoch, step: the epoch and global step stored in ``last.ckpt``.
+        rank: the DDP rank that raised it (only rank 0 reports).
+    """
+
+    def __init__(self, signum: int, epoch: int, step: int, rank: int = 0) -> None:
+        super().__init__(f"interrupted at epoch {epoch} step {step}")
+        self.signum, self.epoch, self.step, self.rank = signum, epoch, step, rank

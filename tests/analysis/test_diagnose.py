@@ -90,6 +90,20 @@ def test_diagnose_cli_on_users_npz_with_three_modalities(runs, tmp_path, capsys)
     shap = {m["modality"]: m["shapley"] for m in d["modalities"]}
     assert shap["a"] > shap["b"]  # a carries the label; b is noise
     assert main(["diagnose", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    capsys.readouterr()
+    for inside in ("metrics.json", "checkpoints/best.ckpt"):  # a file inside a run names the run folder
+        assert main(["diagnose", str(runs["npz3"] / inside), "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and f"pass the run folder: {runs['npz3']}" in err
+
+
+def test_diagnose_a_moved_run_from_another_directory(runs, tmp_path, monkeypatch):
+    """A run folder refers to its own files relatively: moved, it still loads, from any directory."""
+    import shutil
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(runs["npz3"], moved, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["diagnose", "elsewhere/run", "--out", str(tmp_path / "d"), "--permutations", "1"]) == 0
 
 
 def _diag(shapley, probe, unused=0.1):

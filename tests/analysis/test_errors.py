@@ -98,3 +98,5 @@ def test_cli_on_trained_runs(runs, tmp_path, capsys):
     assert sum(int(r["samples"]) for r in rows if r["run"] == "ensemble") == 45  # the whole test split
     assert main(["analyze", "errors", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: run directory")
+    assert main(["analyze", "errors", str(runs["plain"] / "metrics.json"), "--out", str(tmp_path)]) == 2
+    assert f"pass the run folder: {runs['plain']}" in capsys.readouterr().err

@@ -36,14 +36,61 @@ def test_train_writes_metrics(tmp_path, capsys):
     (["--method", "mcr", "--set", "method.num_permutations=0"], "num_permutations"),
     (["--method", "mcr", "--set", "method.mipd_weight=-1"], "mipd_weight"),
     (["--method", "joint", "--config", "/no/such.yaml"], "/no/such.yaml"),
+    (["--method", "joint", "--config", "{tmp}"], "is a directory"),
+    (["--method", "joint", "--config", "{tmp}/bad.yaml"], "not valid YAML"),
+    (["--method", "joint", "--set", "trainer.precision=fp8"], "trainer.precision 'fp8' is unknown; valid: "),
+    (["--method", "joint", "--set", "trainer.strategy=bogus"], "trainer.strategy 'bogus' is unknown; valid: auto"),
+    pytest.param(["--method", "joint", "--set", "trainer.accelerator=gpu"], "trainer.accelerator=gpu",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")),
+    (["--method", "joint", "--set", "trainer.checkpoint_every_n_steps=-1"], "checkpoint_every_n_steps"),
 ])
 def test_bad_input_exit_2_one_line(tmp_path, args, culprit):
-    cmd = [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", *args, "--out", str(tmp_path)]
+    (tmp_path / "bad.yaml").write_text("trainer: {max_epochs: [1\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = tmp_path / "never"
+    cmd = [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", *args, "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and culprit.replace("{tmp}", str(tmp_path)) in lines[0]
     assert "Traceback" not in proc.stderr
+    assert not out.exists(), "a run that fails before its first step leaves no folder"
+
+
+def test_failed_run_leaves_no_folder_unless_it_existed(tmp_path, capsys):
+    """ogm needs a decomposable fusion: the method fails to build after data loading."""
+    bad = ["train", "--data", "synthetic", "--method", "ogm", "--set", *TINY, "model.fusion=concat_mlp", "--out"]
+    assert main([*bad, str(tmp_path / "new")]) == 2
+    assert "decomposable" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    assert main([*bad, str(tmp_path / "old")]) == 2
+    assert (tmp_path / "old" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_from_another_directory_with_a_relative_data_path(tmp_path, monkeypatch):
+    """config.yaml keeps the data path resolved; --resume with the relative path as first typed
+    works from any working directory, and a .npz run records no generator settings."""
+    import numpy as np
+    import yaml
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, 200)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "mine.npz", label=label, a=(np.eye(3)[label] + rng.normal(size=(200, 3))).astype("f4"),
+             b=rng.normal(size=(200, 4)).astype("f4"))
+    monkeypatch.chdir(tmp_path / "data")
+    args = ["train", "--data", "mine.npz", "--method", "joint", "--set", *TINY, "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data_spec"] == str(tmp_path / "data" / "mine.npz") and saved["data_spec_given"] == "mine.npz"
+    assert "n" not in saved["data"] and "num_classes" not in saved["data"] and "root" not in saved["data"]
+    assert saved["data"]["seed"] == 0 and "batch_size" in saved["data"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "metrics.json").unlink()
+    assert main([*args, "--resume"]) == 0
+    from mmbalance.analysis.runs import load_run
+    assert load_run(tmp_path / "run").cfg.data_spec == str(tmp_path / "data" / "mine.npz")
 
 
 def test_missing_data_file(tmp_path, capsys):

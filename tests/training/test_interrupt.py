@@ -85,3 +85,45 @@ def test_metrics_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_text(path, '{"ok": 2}')
     assert json.loads(path.read_text()) == {"ok": 1}
+
+
+def _epoch_step(path):
+    ckpt = torch.load(path, weights_only=False)
+    return ckpt["epoch"], ckpt["global_step"]
+
+
+def test_sigkill_after_the_best_epoch_keeps_the_last_epoch(tmp_path):
+    """last.ckpt holds the last finished epoch, not the best one: killed once the epoch after
+    the best has ended, last.ckpt holds that epoch and its step, and the resume continues
+    from there to the uninterrupted run's metrics."""
+    from mmbalance.config import build_config, parse_set_items
+    from mmbalance.methods import REGISTRY
+    from mmbalance.training import train
+    args = [a for a in ARGS if not a.startswith(("trainer.max_epochs", "data.n"))]
+    args += ["trainer.max_epochs=8", "data.n=600", "optim.lr=0.01"]
+    cfg = build_config("joint", "synthetic", parse_set_items(args), REGISTRY["joint"].Hyperparameters)
+    reference = train(cfg, tmp_path / "ref")
+    best, _ = _epoch_step(tmp_path / "ref" / "checkpoints" / "best.ckpt")
+    batches = _epoch_step(tmp_path / "ref" / "checkpoints" / "last.ckpt")[1] // 8
+    assert best <= 5, "pick settings whose best epoch comes before the last two"
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", "--method", "joint",
+           "--set", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    last, seen, deadline = out / "checkpoints" / "last.ckpt", None, time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if last.exists():
+            seen = _epoch_step(last)[0]
+            if seen > best:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)  # frozen: last.ckpt cannot change any more
+    epoch, step = _epoch_step(last)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seen is not None and seen > best, "the run ended before the epoch after the best"
+    assert epoch > best and epoch >= seen and step == (epoch + 1) * batches, (epoch, step, best)
+    assert _epoch_step(out / "checkpoints" / "best.ckpt")[0] == best
+    resumed = _run(cmd + ["--resume"])
+    assert resumed["test"] == reference["test"] and resumed["val"] == reference["val"]

@@ -141,6 +141,7 @@ class RunDir:
 
     def read_config(self) -> Optional[Dict[str, Any]]:
         """``config.yaml``, else the ``config`` saved in ``metrics.json``, else None."""
+        self.check_is_run()
         if self.config.exists():
             return yaml.safe_load(self.config.read_text())
         return self.read_metrics().get("config")
@@ -148,10 +149,29 @@ class RunDir:
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         atomic_write_text(self.metrics, json.dumps(metrics, indent=2, default=str))
 
-    def read_metrics(self) -> Dict[str, Any]:
-        """``metrics.json``; DataError when the run is missing or unfinished."""
+    def enclosing_run(self) -> Optional[Path]:
+        """For a file inside a run folder (``metrics.json``, ``checkpoints/best.ckpt``), the
+        run folder itself; None when there is none."""
+        for parent in [self.path.parent, *self.path.parent.parents][:4]:
+            if (parent / self.CONFIG).is_file() or (parent / self.METRICS).is_file():
+                return parent
+        return None
+
+    def check_is_run(self) -> None:
+        """DataError unless this is a folder; a file inside a run names the run folder to pass."""
+        if self.path.is_dir():
+            return
+        run = self.enclosing_run() if self.path.exists() else None
+        if run is not None:
+            raise DataError(f"{self.path} is inside the run folder {run}; pass the run folder: {run}")
+        if self.path.is_file():
+            raise DataError(f"{self.path} is a file, not a run folder (an `mmbalance train --out` folder)")
         if not self.path.is_dir():
             raise DataError(f"run directory {self.path} does not exist")
+
+    def read_metrics(self) -> Dict[str, Any]:
+        """``metrics.json``; DataError when the run is missing or unfinished."""
+        self.check_is_run()
         if not self.metrics.exists():
             raise DataError(f"{self.path} has no {self.METRICS}: not a finished `mmbalance train` run")
         try:

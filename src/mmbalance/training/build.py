@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
 from ..models.registry import encoder_for
+from .samplers import EvalShardSampler, ResumableSampler
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
@@ -54,9 +55,11 @@ def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:
 
 def loaders(data: DataBundle, cfg: RunConfig, seed: int):
     """The train loader's shuffle generator (checkpointed for exact resume), and the train
-    (shuffled), val and test loaders."""
+    (shuffled by a :class:`ResumableSampler`), val and test loaders. Val and test use an
+    :class:`EvalShardSampler`: under DDP every row is scored once, with no padding."""
     kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
               persistent_workers=cfg.data.num_workers > 0)
     gen = torch.Generator().manual_seed(seed)
-    return gen, (DataLoader(data.train, shuffle=True, generator=gen, **kw), DataLoader(data.val, **kw),
-            DataLoader(data.test, **kw))
+    return gen, (DataLoader(data.train, sampler=ResumableSampler(data.train, gen), generator=gen, **kw),
+                 DataLoader(data.val, sampler=EvalShardSampler(data.val), **kw),
+                 DataLoader(data.test, sampler=EvalShardSampler(data.test), **kw))

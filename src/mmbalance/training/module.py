@@ -60,6 +60,10 @@ class BalanceModule(L.LightningModule):
         self.nonfinite_steps = 0
         self.last_val: Dict[str, float] = {}
         self.loader_generator: Optional[torch.Generator] = None  # the train loader's shuffle RNG
+        self.train_sampler = None  # its ResumableSampler (mid-epoch resume)
+        self._epoch_batches = 0  # training batches done in the current epoch
+        self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end
+        self._resumed_mid_epoch = False
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict) -> None:
@@ -69,6 +73,9 @@ class BalanceModule(L.LightningModule):
             "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(), "python_rng": random.getstate(),
             "loader_rng": self.loader_generator.get_state() if self.loader_generator is not None else None,
             "nonfinite_steps": self.nonfinite_steps,
+            # mid-epoch (a step checkpoint): where the epoch's data order came from, and how far in
+            "epoch_batches": self._epoch_batches if self._in_epoch else 0,
+            "sampler_rng": getattr(self.train_sampler, "epoch_state", None) if self._in_epoch else None,
         }
 
     def on_load_checkpoint(self, checkpoint: Dict) -> None:
@@ -82,9 +89,14 @@ class BalanceModule(L.LightningModule):
         if state["loader_rng"] is not None and self.loader_generator is not None:
             self.loader_generator.set_state(state["loader_rng"])
         self.nonfinite_steps = state["nonfinite_steps"]
+        done = state.get("epoch_batches", 0)
+        if done and state.get("sampler_rng") is not None and self.train_sampler is not None:
+            self.train_sampler.resume_at(state["sampler_rng"], done * self.cfg.data.batch_size)
+            self._epoch_batches, self._resumed_mid_epoch = done, True
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
+        self._epoch_batches += 1
         inputs, labels = batch
         every = max(1, self.cfg.trainer.log_every_n_steps)
         loss = train_step(self.method, Batch(inputs, labels), self.optimizers(), backward=self.manual_backward,
@@ -121,9 +133,15 @@ class BalanceModule(L.LightningModule):
         return None
 
     def on_train_epoch_start(self) -> None:
+        self._in_epoch = True
+        if self._resumed_mid_epoch:  # the epoch-start hook ran before the step checkpoint
+            self._resumed_mid_epoch = False
+            return
+        self._epoch_batches = 0
         self._log_hook(self.method.on_epoch_start(self.current_epoch, self.trainer.train_dataloader))
 
     def on_train_epoch_end(self) -> None:
+        self._in_epoch = False
         self._log_hook(self.method.on_epoch_end(self.current_epoch))
         self.log("nonfinite_steps", float(self.nonfinite_steps))
         self.lr_schedulers().step()  # manual optimization: Lightning leaves the schedule to us

@@ -8,23 +8,28 @@ import fcntl
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from ..config import RunConfig
+from ..config import RunConfig, record, resolve_data_spec
 from ..engine import RunDir, atomic_write_text
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..methods import get_method
 from ..methods.pipeline import Stage
 from .build import build_data, build_method, build_model, loaders
 from .checkpoint_io import AtomicCheckpointIO
+from .checkpoints import BestCheckpoint, LastCheckpoint, graceful_signals, raise_if_stopped
+from .options import check_trainer
 from .module import BalanceModule
 from .probe import final_probe, probe_callbacks, probe_metrics
 
@@ -38,25 +43,50 @@ def _strategy(cfg: RunConfig):
     return cfg.trainer.strategy
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str, Any]:
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
     """Trains ``cfg.method`` on ``cfg.data_spec`` and writes ``out_dir/metrics.json``.
 
-    Checkpoints go to ``out_dir/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` on
-    the monitored validation metric); the test split is scored with the best checkpoint.
-    ``resume=True`` continues from ``last.ckpt``. Pipeline methods (``ensemble``,
-    ``unipre_*``) first run their stages in ``out_dir/stages/<name>``; with ``resume``,
-    finished stages are skipped and an interrupted one continues.
+    Checkpoints go to ``out_dir/checkpoints``: ``last.ckpt`` at the end of every epoch, every
+    ``trainer.checkpoint_every_n_steps`` steps or ``trainer.checkpoint_every_minutes``, and on
+    SIGINT/SIGTERM (then :class:`~mmbalance.errors.Interrupted` is raised); ``best.ckpt`` on
+    the monitored validation metric, which scores the test split. ``resume=True`` continues
+    from ``last.ckpt``, mid-epoch included. Pipeline methods (``ensemble``, ``unipre_*``)
+    first run their stages in ``out_dir/stages/<name>``; with ``resume``, finished stages
+    are skipped and an interrupted one continues. A run that fails before writing any
+    checkpoint removes the folder it created.
+
+    Args:
+        callbacks: extra Lightning callbacks for the final stage (tests).
 
     Returns:
         The metrics written to ``metrics.json``.
     """
-    out = RunDir(out_dir).mkdir()
+    check_trainer(cfg.trainer)
+    out = RunDir(out_dir)
+    created = not out.path.exists()
+    try:
+        with graceful_signals():
+            return _train(cfg, out, resume, callbacks)
+    except Interrupted:
+        raise
+    except BaseException:
+        if created and _rank() == 0 and out.path.is_dir() and not any(out.path.rglob("*.ckpt")):
+            shutil.rmtree(out.path, ignore_errors=True)
+        raise
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) -> Dict[str, Any]:
     last = out.last_checkpoint
     method_cls = get_method(cfg.method)
     plan = method_cls.stages(list(build_data(cfg).shapes), cfg.hparams)
     if resume and not last.exists() and not (plan and out.stages.exists()):
         raise ConfigError(f"--resume: no checkpoint at {last}")
-    out.write_config(cfg.to_dict())
+    out.mkdir()
+    out.write_config(record(cfg))
     stages = _run_stages(cfg, plan, out, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
@@ -65,19 +95,22 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
         method.load_stages(out.stage_states(stages))
     module = BalanceModule(method, cfg, metrics=data.metrics)
     module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
-    trainer, checkpoint = _trainer(cfg, out)
+    module.train_sampler = train_dl.sampler
+    trainer, checkpoint = _trainer(cfg, out, callbacks)
     start = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec).*")
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec|not resumable"
+                                "|exists and is not empty).*")
         if method_cls.trains_final:
             trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+        raise_if_stopped(trainer.current_epoch, trainer.global_step, trainer.global_rank)
         seconds = time.perf_counter() - start
         nonfinite_steps = module.nonfinite_steps  # loading the best checkpoint restores an older count
         best = checkpoint.best_model_path or None
         val = trainer.validate(module, val_dl, ckpt_path=best, verbose=False)[0]
         test = trainer.test(module, test_dl, ckpt_path=best, verbose=False)[0]
     metrics = {
-        "method": cfg.method, "seed": cfg.seed, "data": cfg.data_spec, "config": cfg.to_dict(),
+        "method": cfg.method, "seed": cfg.seed, "data": resolve_data_spec(cfg.data_spec), "config": record(cfg),
         "val": _strip(val, "val/"), "test": _strip(test, "test/"), "nonfinite_metrics": [],
         "best_checkpoint": Path(best).name if best else None, "epochs_run": trainer.current_epoch,
         "train_seconds": round(seconds + sum(m["train_seconds"] for m in stages.values()), 3),
@@ -90,8 +123,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> Dict[str
     if cfg.trainer.final_probe:  # the model holds the best checkpoint's weights since test()
         metrics["probe"] = final_probe(module.method.model, data)
     _flag_nonfinite(metrics)
-    if trainer.is_global_zero:
-        out.write_predictions(module.method, test_dl)
+    if trainer.is_global_zero:  # every test row once, in order, whatever the strategy
+        out.write_predictions(module.method, DataLoader(data.test, batch_size=cfg.data.batch_size))
         out.write_metrics(metrics)
     return metrics
 
@@ -127,7 +160,8 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
 
 
 #: trainer keys that do not change what a stage learns (left out of its cache key)
-_NOT_SHAPING = ("progress", "log_every_n_steps", "stage_cache", "probe_every", "final_probe")
+_NOT_SHAPING = ("progress", "log_every_n_steps", "stage_cache", "probe_every", "final_probe",
+                "checkpoint_every_n_steps", "checkpoint_every_minutes", "log_term_grad_norms")
 
 
 def stage_key(cfg: RunConfig) -> str:
@@ -150,13 +184,14 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _trainer(cfg: RunConfig, out: RunDir):
+def _trainer(cfg: RunConfig, out: RunDir, extra: Sequence[Any] = ()):
     t = cfg.trainer
     monitor = f"val/{t.monitor}"
     mode = "min" if t.monitor in MINIMISED else "max"
-    checkpoint = ModelCheckpoint(dirpath=out.checkpoints, filename=RunDir.BEST, monitor=monitor, mode=mode,
-                                 save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [checkpoint, *probe_callbacks(cfg, out.path)]
+    checkpoint = BestCheckpoint(dirpath=out.checkpoints, filename=RunDir.BEST, monitor=monitor, mode=mode,
+                                save_last=False, save_top_k=1, enable_version_counter=False)
+    last = LastCheckpoint(out.last_checkpoint, t.checkpoint_every_n_steps, t.checkpoint_every_minutes)
+    callbacks = [checkpoint, last, *probe_callbacks(cfg, out.path), *extra]
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.patience))
     trainer = L.Trainer(
