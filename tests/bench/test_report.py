@@ -63,7 +63,7 @@ def test_summary_tables_by_hand():
     text = format_summary(table())
     lines = text.splitlines()
     assert "| *Bayes ceiling, both modalities* | 90.00 ± 2.48 | 60.00 (n=1) |" in lines
-    assert "| *Bayes ceiling, x2 alone* | 60.00 ± 0.00 | 30.00 (n=1) |" in lines
+    assert "| *Bayes ceiling, x2 alone* | 60.00 (same in all 3 seeds) | 30.00 (n=1) |" in lines  # no ± 0.00
     # best mean in bold only where there are 2+ seeds; one seed prints no ±
     assert "| mcr | **74.00 ± 13.14** | 30.00 (n=1) |" in lines
     assert "| joint | 55.00 ± 12.42 | 45.00 (n=1) |" in lines
@@ -74,7 +74,8 @@ def test_summary_tables_by_hand():
     assert f"Caveat: {RANK_CAVEAT}." in lines and "| mcr | 1 | 3 |" in lines
     assert "| mcr | — | +5.00 ± 7.45 | — | — |" in lines  # gaps x1, x2 at A (no unimodal-x1), none at B
     assert "| joint | — | +2.67 ± 11.47 | — | — |" in lines  # 0.08, -0.02, 0.00
-    assert "| *Bayes ceiling, m alone* | 80.00 ± 0.00 | 60.00 ± 0.00 | 55.00 (n=1) | 30.00 (n=1) |" in lines
+    assert ("| *Bayes ceiling, m alone* | 80.00 (same in all 3 seeds) | 60.00 (same in all 3 seeds) | 55.00 (n=1) "
+            "| 30.00 (n=1) |") in lines
     assert "| mcr | 0 | `{\"optim.lr\": 0.001}` |" in lines
     assert "U1/S=0.125 (S=0.8, U1=0.1)" in text and "U1/S=8 (S=0.1, U1=0.8)" in text
 

@@ -20,7 +20,7 @@ def test_every_method_has_init_and_the_defaults_say_how_it_starts():
     for name, cls in REGISTRY.items():
         hp = cls.Hyperparameters()
         assert hp.encoder_lr_scale == 0.1 and hp.stage_lr is None, name
-        expected = "unimodal" if name in ("ensemble", "unipre_frozen", "unipre_finetuned") else "scratch"
+        expected = "unimodal" if name in ("ensemble", "unipre_frozen", "unipre_finetuned", "mcr") else "scratch"
         assert hp.init == expected, name
         assert bool(cls.stages(["a", "b"], hp)) == (expected == "unimodal"), name
     mcr = get_method("mcr")

@@ -35,11 +35,14 @@ def test_early_stopping_stops(tmp_path):
 
 
 def test_same_seed_same_metrics_and_resume_matches(tmp_path):
-    full = train(tiny_config("mcr", trainer__max_epochs=3), tmp_path / "full")
-    again = train(tiny_config("mcr", trainer__max_epochs=3), tmp_path / "again")
+    # from scratch: a split of max_epochs emulates an interruption only without stages (a stage
+    # finished under max_epochs=1 is another stage; see test_changed_stage_config_is_not_reused)
+    mcr = lambda **kw: tiny_config("mcr", method__init="scratch", **kw)  # noqa: E731
+    full = train(mcr(trainer__max_epochs=3), tmp_path / "full")
+    again = train(mcr(trainer__max_epochs=3), tmp_path / "again")
     assert full["test"] == again["test"] and full["val"] == again["val"]
-    train(tiny_config("mcr", trainer__max_epochs=1), tmp_path / "split")
-    resumed = train(tiny_config("mcr", trainer__max_epochs=3), tmp_path / "split", resume=True)
+    train(mcr(trainer__max_epochs=1), tmp_path / "split")
+    resumed = train(mcr(trainer__max_epochs=3), tmp_path / "split", resume=True)
     assert resumed["test"] == full["test"] and resumed["val"] == full["val"]
 
 
@@ -60,3 +63,15 @@ def test_regression_task(tmp_path):
     # planted signal: 'a' is y plus unit noise (best corr 0.87). Measured after 2 epochs over
     # data seeds 0-2 x run seeds 0-1: 0.25-0.65 (this one: 0.40); an untrained model ~0 +- 0.18
     assert metrics["test"]["corr"] > 0.2
+
+
+def test_changed_stage_config_is_not_reused(tmp_path):
+    train(tiny_config("unipre_finetuned", trainer__max_epochs=1), tmp_path)
+    stage = tmp_path / "stages" / "unimodal_x1"
+    first = (stage / "stage.key").read_text()
+    before = json.loads((stage / "metrics.json").read_text())["epochs_run"]
+    train(tiny_config("unipre_finetuned", trainer__max_epochs=1), tmp_path, resume=True)
+    assert json.loads((stage / "metrics.json").read_text())["epochs_run"] == before  # same config: reused
+    train(tiny_config("unipre_finetuned", trainer__max_epochs=3), tmp_path, resume=True)
+    assert (stage / "stage.key").read_text() != first  # another configuration: trained on
+    assert json.loads((stage / "metrics.json").read_text())["epochs_run"] > before

@@ -103,7 +103,7 @@ def format_ci(interval: Interval, scale: float = 1.0, digits: int = 2) -> str:
     mean = f"{scale * interval.mean:.{digits}f}"
     if math.isnan(interval.half_width):
         return f"{mean} (n={interval.n})"
-    if interval.half_width == 0:  # every seed gave the same value: no spread to show
+    if abs(interval.half_width) < 1e-9:  # every seed gave the same value (up to rounding): no spread
         return f"{mean} (same in all {interval.n} seeds)"
     return f"{mean} ± {scale * interval.half_width:.{digits}f}"
 

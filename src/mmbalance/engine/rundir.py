@@ -71,6 +71,7 @@ class RunDir:
     STAGES = "stages"
     LOGS = "logs"
     PROBES_PLOT = "probes.png"
+    STAGE_KEY = "stage.key"  # a stage's configuration hash: a resume reuses it only when unchanged
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -127,6 +128,13 @@ class RunDir:
     def stage_names(self) -> List[str]:
         """Stages that have a best checkpoint, sorted."""
         return sorted(p.parent.parent.name for p in self.stages.glob(f"*/{self.CHECKPOINTS}/{self.BEST}.ckpt"))
+
+    def write_stage_key(self, key: str) -> None:
+        atomic_write_text(self.path / self.STAGE_KEY, key)
+
+    def read_stage_key(self) -> Optional[str]:
+        path = self.path / self.STAGE_KEY
+        return path.read_text().strip() if path.exists() else None
 
     def is_finished(self) -> bool:
         return self.metrics.exists()

@@ -152,9 +152,12 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
                     train(stage_cfg, cached.path, resume=cached.last_checkpoint.exists())
             stage_dir.link_to(cached)
             results[stage.name] = cached.read_metrics()
-        elif resume and stage_dir.is_finished():
-            results[stage.name] = stage_dir.read_metrics()
-        else:
+        else:  # a finished stage is reused only when its configuration is the same one
+            key = stage_key(stage_cfg)
+            if resume and stage_dir.is_finished() and stage_dir.read_stage_key() == key:
+                results[stage.name] = stage_dir.read_metrics()
+                continue
+            stage_dir.mkdir().write_stage_key(key)
             results[stage.name] = train(stage_cfg, stage_dir.path, resume=resume and stage_dir.last_checkpoint.exists())
     return results
 
