@@ -107,8 +107,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from ..training.quiet import quiet_lightning
     from ..errors import ConfigError
     from .report import write_report
-    from .results import ResultsFile
-    from .synthetic import ceilings, load_tuned, make_jobs, method_variants, run_sweep
+    from .synthetic import ceilings, load_tuned, make_jobs, method_variants
     _positive(args.workers, "--workers")
     _positive(args.trials_per_method, "--trials-per-method", 0)
     if args.tuned and args.trials_per_method:
@@ -135,13 +134,10 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
           f"{'tuned from ' + str(tuned_dir) if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    try:
-        outcome = run_sweep(jobs, out, workers=args.workers, log=lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
+    done = _run_jobs(jobs, out, args.workers)
+    if done is None:
         return 130
-    wanted = {j.run_id for j in jobs}
-    rows = [r for r in ResultsFile(out / "results.csv").rows() if r["run_id"] in wanted]
+    outcome, rows = done
     paths = write_report(rows, out, [v.label for v in variants], _preamble(settings, len(rows), len(jobs),
                                                                             tuned_dir, outcome.failed),
                          ceilings=ceilings(jobs, out))
@@ -235,8 +231,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     from .compare import CompareSettings, DEFAULT_EPOCHS, DEFAULT_PATIENCE, DEFAULT_SEEDS, compare_variants, \
         data_modalities, make_compare_jobs
     from .report import write_report
-    from .results import ResultsFile
-    from .synthetic import ceilings, load_tuned, run_sweep
+    from .synthetic import ceilings, load_tuned
     _positive(args.workers, "--workers")
     _positive(args.trials_per_method, "--trials-per-method", 0)
     extra = parse_set_items(args.set)
@@ -271,13 +266,10 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
           f"{'tuned, ' + str(args.trials_per_method) + ' trials per method' if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    try:
-        outcome = run_sweep(jobs, out, workers=args.workers, log=lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
+    done = _run_jobs(jobs, out, args.workers)
+    if done is None:
         return 130
-    wanted = {j.run_id for j in jobs}
-    rows = [r for r in ResultsFile(out / "results.csv").rows() if r["run_id"] in wanted]
+    outcome, rows = done
     preamble = (f"{len(rows)} of {len(jobs)} runs on `{args.data}` (modalities {', '.join(modalities)}); "
                 f"split seed {settings.data_seed} for every run, run seeds {', '.join(map(str, settings.seeds))}; "
                 f"max {settings.max_epochs} epochs, early-stopping patience {settings.patience} for every method; "
@@ -292,3 +284,17 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     print((out / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 1 if outcome.failed else 0
+
+
+def _run_jobs(jobs, out: Path, workers: int):
+    """Runs ``jobs`` (resumable, in ``workers`` processes); returns the outcome and this
+    command's rows of ``results.csv``, or None when interrupted (finished runs are kept)."""
+    from .results import ResultsFile
+    from .synthetic import run_sweep
+    try:
+        outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
+        return None
+    wanted = {j.run_id for j in jobs}
+    return outcome, [r for r in ResultsFile(out / "results.csv").rows() if r["run_id"] in wanted]
