@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
 from lightning.pytorch.loggers import CSVLogger
@@ -82,7 +83,11 @@ def _rank() -> int:
 def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) -> Dict[str, Any]:
     last = out.last_checkpoint
     method_cls = get_method(cfg.method)
-    plan = method_cls.stages(list(build_data(cfg).shapes), cfg.hparams)
+    data = build_data(cfg)
+    plan = method_cls.stages(list(data.shapes), cfg.hparams)
+    if plan:  # fail on a bad option now, not after the stages have trained
+        with torch.random.fork_rng(devices=[]):
+            build_method(cfg, build_model(data, cfg))
     if resume and not last.exists() and not (plan and out.stages.exists()):
         raise ConfigError(f"--resume: no checkpoint at {last}")
     out.mkdir()
