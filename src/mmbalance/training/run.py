@@ -93,9 +93,8 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     out.mkdir()
     out.write_config(record(cfg))
     stages = _run_stages(cfg, plan, out, resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = build_data(cfg)
-    method = build_method(cfg, build_model(data, cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the data is built once, above:
+    method = build_method(cfg, build_model(data, cfg))         # its randomness is per item, not per build
     if stages:
         method.load_stages(out.stage_states(stages))
     module = BalanceModule(method, cfg, metrics=data.metrics)
