@@ -39,6 +39,8 @@ class SyntheticSpec:
     depth1: int = 1
     depth2: int = 3
     family: str = "gaussian"  # generator family: gaussian | signed (data/synthetic.py)
+    nuisance1: int = 0  # extra N(0, 1) columns appended to x1: memorisable, label-free
+    nuisance2: int = 0
 
     # the per-modality pairs, as the generator and the Bayes ceiling read them
     signal = property(lambda self: (self.signal1, self.signal2))

@@ -198,3 +198,29 @@ def test_unique2_zero_leaves_none_points():
     data = make_synthetic(SyntheticSpec(shared=0.1, unique1=0.8, unique2=0.0, n=4000))
     counts = np.bincount(data["kind"], minlength=4) / 4000
     assert counts[2] == 0 and abs(counts[3] - 0.1) < 0.02 and abs(counts[0] - 0.1) < 0.02
+
+
+def test_nuisance_columns_are_appended_label_free_noise():
+    """``nuisance1``/``nuisance2`` append independent N(0, 1) columns and change nothing
+    else: the lifted columns, the labels, the split and the class vectors are bit-identical,
+    so the Bayes ceiling (computed from the latents) is the same quantity."""
+    base = make_synthetic(SyntheticSpec(n=4000))
+    spec = SyntheticSpec(n=4000, nuisance1=300, nuisance2=5)
+    extra = make_synthetic(spec)
+    assert extra["x1"].shape == (4000, 100 + 300) and extra["x2"].shape == (4000, 100 + 5)
+    for key in ("label", "kind", "split"):
+        assert np.array_equal(base[key], extra[key])
+    assert np.array_equal(base["x1"], extra["x1"][:, :100]) and np.array_equal(base["x2"], extra["x2"][:, :100])
+    for a, b in zip(class_vectors(SyntheticSpec(n=4000)), class_vectors(spec)):
+        assert np.array_equal(a, b)
+    noise, y = extra["x1"][:, 100:].astype(float), extra["label"]
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01
+    # label-free: every class's mean over the nuisance columns is within 4 standard errors of 0
+    for c in range(5):
+        rows = noise[y == c]
+        assert np.abs(rows.mean(0)).max() < 4.5 / math.sqrt(len(rows))
+    # independent of the lifted columns: correlations at the 1/sqrt(n) scale
+    corr = np.corrcoef(np.concatenate([extra["x1"][:, :100], noise[:, :50]], axis=1).T)[:100, 100:]
+    assert np.abs(corr).max() < 5 / math.sqrt(4000)
+    with pytest.raises(Exception, match="nuisance"):
+        make_synthetic(SyntheticSpec(n=100, nuisance1=-1))

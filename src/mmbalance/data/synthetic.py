@@ -18,6 +18,13 @@ Families (``family``): ``gaussian`` is the above. ``signed`` differs in x2 only:
 point is shifted by ``s_2 e mu_2(Y)`` with a random sign ``e = +-1``, so x2's class means are
 all zero and its label shows only in ``|<z_2, mu_2(c)>|``: an encoder must learn a nonlinear
 feature, which joint training, dominated by x1, has little reason to do (issue 11).
+
+Nuisance columns (``nuisance1``, ``nuisance2``, default 0): that many columns of
+independent ``N(0, 1)`` noise appended to the modality after the lift, from their own seeded
+stream, so the other columns are unchanged. They carry nothing about the label or the
+latent (the Bayes ceiling is unchanged), but give a model of that modality room to memorise
+its training points, as audio and video networks memorise theirs
+(``docs/evidence/regime.md``, third round).
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def _generate(spec: SyntheticSpec) -> Tuple[Dict[str, np.ndarray], Tuple[np.ndar
     signal, noise, depth = (spec.signal1, spec.signal2), (spec.noise1, spec.noise2), (spec.depth1, spec.depth2)
     if min(depth) < 1 or spec.num_classes < 2 or spec.n < 10:
         raise ConfigError("synthetic depth must be >= 1, num_classes >= 2 and n >= 10")
+    if min(spec.nuisance1, spec.nuisance2) < 0:
+        raise ConfigError("synthetic nuisance1 and nuisance2 must be >= 0")
     if spec.family not in FAMILIES:
         raise ConfigError(f"synthetic family {spec.family!r} is not one of {', '.join(FAMILIES)}")
     rng = np.random.default_rng(spec.seed)
@@ -77,6 +86,10 @@ def _generate(spec: SyntheticSpec) -> Tuple[Dict[str, np.ndarray], Tuple[np.ndar
             shift *= rng.choice((-1.0, 1.0), size=(spec.n, 1))
         z += carries[m][:, None] * shift
         out[f"x{m + 1}"] = _lift(z, spec.dim, depth[m], rng).astype(np.float32)
+    for m, extra in enumerate((spec.nuisance1, spec.nuisance2)):
+        if extra:  # their own stream: the columns above stay bit-identical to nuisance 0
+            noise_cols = np.random.default_rng([spec.seed, 7919, m]).standard_normal((spec.n, extra))
+            out[f"x{m + 1}"] = np.concatenate([out[f"x{m + 1}"], noise_cols.astype(np.float32)], axis=1)
     out["label"] = labels.astype(np.int64)
     out["kind"] = kind.astype(np.int64)
     out["split"] = _split(spec.n, rng)
