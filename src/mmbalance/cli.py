@@ -99,13 +99,19 @@ def _data_spec(args: argparse.Namespace) -> str:
 
 
 def resume_command(args: argparse.Namespace) -> str:
-    """The exact command that continues this run, from any working directory (paths absolute)."""
-    from .config import resolve_data_spec
+    """The exact command that continues this run, from any working directory (paths absolute,
+    including path-valued ``--set`` items such as ``data.root``)."""
+    from .config import absolute_path_value, resolve_data_spec
     parts = ["mmbalance", "train", "--data", resolve_data_spec(args.data), "--method", args.method]
     if args.config:
         parts += ["--config", str(Path(args.config).resolve())]
     if args.set:
-        parts += ["--set", *args.set]
+        items = []
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            fixed = absolute_path_value(key.strip(), value) if sep else value
+            items.append(f"{key}={fixed}" if sep and fixed != value else item)
+        parts += ["--set", *items]
     return shlex.join(parts + ["--out", str(Path(args.out).resolve()), "--resume"])
 
 

@@ -160,6 +160,27 @@ def resolve_data_spec(spec: str) -> str:
     return str(path.resolve()) if looks_like_file and spec != "synthetic" else spec
 
 
+#: dotted keys whose values are local paths (``model.pretrained`` may be ``audio=DIR,video=DIR``)
+PATH_KEYS = ("data.root", "data.spectrogram_dir", "model.pretrained", "trainer.stage_cache")
+
+
+def absolute_path_value(key: str, value: Any) -> Any:
+    """``value`` of the dotted ``key`` with relative local paths made absolute (against the
+    working directory), so a saved config or a printed resume command works from anywhere.
+    Values of other keys, non-strings, and names that are not local paths (a Hugging Face
+    model id) are returned unchanged; ``trainer.stage_cache`` is a folder to be made, so it is
+    resolved even when it does not exist yet."""
+    if key not in PATH_KEYS or not isinstance(value, str) or not value:
+        return value
+    if key == "model.pretrained" and "=" in value:
+        parts = (part.partition("=") for part in value.split(","))
+        return ",".join(f"{m}={absolute_path_value(key, p)}" for m, _, p in parts)
+    path = Path(value).expanduser()
+    if path.is_absolute() or not (key == "trainer.stage_cache" or path.exists()):
+        return str(path) if path.is_absolute() else value
+    return str(path.resolve())
+
+
 def record(cfg: RunConfig, given: Optional[str] = None) -> Dict[str, Any]:
     """What ``config.yaml`` and ``metrics.json`` store: :meth:`RunConfig.to_dict` with the data
     spec resolved to an absolute path (``data_spec_given``: as typed) and only the data keys
@@ -174,6 +195,10 @@ def record(cfg: RunConfig, given: Optional[str] = None) -> Dict[str, Any]:
     else:  # a built-in dataset
         drop = set(SYNTHETIC_KEYS)
     tree["data"] = {k: v for k, v in tree["data"].items() if k not in drop}
+    for dotted in PATH_KEYS:
+        section, _, key = dotted.partition(".")
+        if key in tree.get(section, {}):
+            tree[section][key] = absolute_path_value(dotted, tree[section][key])
     return tree
 
 

@@ -101,3 +101,32 @@ def test_missing_data_file(tmp_path, capsys):
 def test_resume_without_checkpoint(tmp_path, capsys):
     assert main(["train", "--data", "synthetic", "--method", "joint", "--out", str(tmp_path), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_path_valued_keys_are_saved_and_printed_absolute(tmp_path, monkeypatch):
+    """data.root, data.spectrogram_dir, model.pretrained (also ``m=DIR,...``) and
+    trainer.stage_cache are local paths: config.yaml and the printed resume command hold them
+    absolute, so a run can be diagnosed or resumed from any working directory. A name that is
+    not a local path (a Hugging Face id) is kept as typed."""
+    import argparse
+
+    from mmbalance.cli import resume_command
+    from mmbalance.config import absolute_path_value, build_config, record
+    (tmp_path / "roots" / "cremad").mkdir(parents=True)
+    (tmp_path / "hf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert absolute_path_value("data.root", "roots/cremad") == str(tmp_path / "roots" / "cremad")
+    assert absolute_path_value("data.root", "missing") == "missing"  # left for the loader's error
+    assert absolute_path_value("trainer.stage_cache", "cache") == str(tmp_path / "cache")
+    assert absolute_path_value("model.pretrained", "audio=hf,video=bert-base") == f"audio={tmp_path / 'hf'},video=bert-base"
+    assert absolute_path_value("model.pretrained", "bert-base-uncased") == "bert-base-uncased"
+    assert absolute_path_value("data.n", "hf") == "hf" and absolute_path_value("data.root", None) is None
+    cfg = build_config("joint", "cremad", {"data.root": "roots/cremad", "trainer.stage_cache": "cache"})
+    saved = record(cfg)
+    assert saved["data"]["root"] == str(tmp_path / "roots" / "cremad")
+    assert saved["trainer"]["stage_cache"] == str(tmp_path / "cache")
+    args = argparse.Namespace(data="synthetic", method="joint", config=None, out="run",
+                              set=["data.root=roots/cremad", "data.n=300", "trainer.stage_cache=cache"])
+    line = resume_command(args)
+    assert f"data.root={tmp_path / 'roots' / 'cremad'}" in line and "data.n=300" in line
+    assert f"trainer.stage_cache={tmp_path / 'cache'}" in line and f"--out {tmp_path / 'run'} --resume" in line
