@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from ..config import RunConfig
 from ..engine import LRSchedule, build_optimizer, train_step
 from ..engine.step import BALANCE, GRAD
-from ..errors import NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError
 from ..methods import Method
 from ..types import Batch, LossTerms
 
@@ -203,6 +203,9 @@ class BalanceModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self):
+        if not getattr(self.method.model, "materialized", True):  # DDP and checkpoints need sized parameters
+            raise ConfigError("the model has not seen a batch, so its feature sizes are unknown: call "
+                              "model.materialize(inputs) on one batch before training it with Lightning")
         optimizer = build_optimizer(self.method.optimizer_groups(), self.cfg.optim)
         schedule = LRSchedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
