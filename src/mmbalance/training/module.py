@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..config import RunConfig
 from ..engine import LRSchedule, build_optimizer, train_step
-from ..engine.step import BALANCE, GRAD
+from ..engine.step import BALANCE, GRAD, GRAD_SHARE
 from ..errors import ConfigError, NonFiniteLossError
 from ..methods import Method
 from ..types import Batch, LossTerms
@@ -111,7 +111,7 @@ class BalanceModule(L.LightningModule):
         for name, value in loss.logs.items():
             if name.startswith(BALANCE):  # what the method's gradient edit reported
                 self.log(name, float(value), on_step=True, on_epoch=False)
-            elif name.startswith(GRAD):  # trainer.log_term_grad_norms: the epoch's mean
+            elif name.startswith((GRAD, GRAD_SHARE)):  # trainer.log_term_grad_norms: the epoch's mean
                 self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, batch_size=size)
             else:
                 self.log(f"train/{name}", float(value), batch_size=size)
