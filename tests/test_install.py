@@ -27,7 +27,7 @@ CHECK = textwrap.dedent("""
 
     import mmbalance
     assert "site-packages" in mmbalance.__file__, mmbalance.__file__  # the install, not the checkout
-    for extra in ("transformers", "pytest", "hypothesis"):
+    for extra in ("transformers", "pytest", "hypothesis", "tensorboard"):
         assert importlib.util.find_spec(extra) is None, f"{extra} is installed without an extra"
     names = [m.name for m in pkgutil.walk_packages(mmbalance.__path__, "mmbalance.")]
     for name in names:

@@ -123,6 +123,7 @@ class TrainerConfig:
     final_probe: bool = False  # after training: per-modality linear probes (best checkpoint, train -> test)
     checkpoint_every_n_steps: int = 0  # also rewrite last.ckpt every N optimizer steps; 0: off
     checkpoint_every_minutes: float = 10.0  # also rewrite last.ckpt after this much wall time; 0: off
+    logger: str = "csv"  # csv, tensorboard, wandb or mlflow; logs/*/metrics.csv is always written too
 
 
 @dataclass

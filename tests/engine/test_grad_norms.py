@@ -45,7 +45,19 @@ def test_terms_reach_only_the_encoders_they_depend_on_and_sum_to_the_total():
     loss.total.backward()
     for m in ("a", "v"):
         total = _encoder_grad_norm(method, m)
-        assert total <= sum(v for k, v in norms.items() if k.endswith(f"/{m}")) + 1e-6
+        assert total <= sum(v for k, v in norms.items() if k.startswith("grad/") and k.endswith(f"/{m}")) + 1e-6
+
+
+def test_shares_are_each_terms_norm_over_the_encoders_sum():
+    method, batch = _setup("mcr", num_permutations=4, unimodal_weight=0.5)
+    norms = term_grad_norms(method, method.training_loss(batch, method(batch.inputs)))
+    for m in ("a", "v"):
+        mine = {k[len("grad/"):-len(m) - 1]: v for k, v in norms.items() if k.startswith("grad/") and k.endswith("/" + m)}
+        shares = {k[len("grad_share/"):-len(m) - 1]: v for k, v in norms.items()
+                  if k.startswith("grad_share/") and k.endswith("/" + m)}
+        assert shares.keys() == mine.keys() and sum(shares.values()) == pytest.approx(1.0)
+        for term, norm in mine.items():
+            assert shares[term] == pytest.approx(norm / sum(mine.values()))
 
 
 def test_train_step_logs_them_only_when_asked():

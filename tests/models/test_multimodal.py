@@ -70,8 +70,8 @@ def test_bad_construction():
         MultimodalModel({"a": MLPEncoder(3, 4)}, 2)
     with pytest.raises(ConfigError, match="unknown fusion"):
         MultimodalModel({"a": MLPEncoder(3, 4), "b": MLPEncoder(3, 4)}, 2, fusion="attention")
-    with pytest.raises(ConfigError, match="out_dim"):
-        MultimodalModel({"a": nn.Identity(), "b": MLPEncoder(3, 4)}, 2)
+    lazy = MultimodalModel({"a": nn.Identity(), "b": MLPEncoder(3, 4)}, 2)  # D_a from the first batch
+    assert lazy({"a": torch.randn(2, 3), "b": torch.randn(2, 3)}).features["a"].shape == (2, 3)
     model = MultimodalModel({"a": nn.Identity(), "b": MLPEncoder(3, 4)}, 2, feature_dims={"a": 3})
     with pytest.raises(KeyError, match="lack"):
         model({"a": torch.randn(2, 3)})

@@ -22,6 +22,8 @@ from ..types import Batch, LossTerms
 BALANCE = "balance/"
 #: prefix of :func:`term_grad_norms` in the logs: ``grad/<term>/<modality>``
 GRAD = "grad/"
+#: prefix of the shares :func:`term_grad_norms` adds: ``grad_share/<term>/<modality>``
+GRAD_SHARE = "grad_share/"
 
 
 def term_grad_norms(method, loss: LossTerms) -> Dict[str, float]:
@@ -29,13 +31,15 @@ def term_grad_norms(method, loss: LossTerms) -> Dict[str, float]:
     modality's encoder, through the method's own routing (MCR's game multipliers included).
 
     Answers "is the game doing anything?": the share of a term in an encoder's push is its
-    norm over the sum of all terms' norms (``mmbalance diagnose`` reports it). Costs one
-    extra backward pass per term, so the loop calls it every ``log_every_n_steps`` steps.
+    norm over the sum of all terms' norms, added as ``grad_share/<term>/<m>`` (one
+    encoder's shares sum to 1; ``mmbalance diagnose`` reports the ratio of epoch means).
+    Costs one extra backward pass per term, so the loop calls it every
+    ``log_every_n_steps`` steps.
     """
     model = method.model
     params = {m: [p for p in model.modality_parameters(m) if p.requires_grad] for m in model.modalities}
     flat = [p for ps in params.values() for p in ps]
-    out: Dict[str, float] = {}
+    norms: Dict[str, Dict[str, float]] = {m: {} for m in params}  # modality -> term -> norm
     for name, term in loss.terms.items():
         if not term.requires_grad:
             continue
@@ -43,8 +47,12 @@ def term_grad_norms(method, loss: LossTerms) -> Dict[str, float]:
         i = 0
         for m, ps in params.items():
             parts = [g.detach().float().pow(2).sum() for g in grads[i:i + len(ps)] if g is not None]
-            out[f"{GRAD}{name}/{m}"] = float(torch.stack(parts).sum().sqrt()) if parts else 0.0
+            norms[m][name] = float(torch.stack(parts).sum().sqrt()) if parts else 0.0
             i += len(ps)
+    out = {f"{GRAD}{name}/{m}": v for m, terms in norms.items() for name, v in terms.items()}
+    for m, terms in norms.items():
+        total = sum(terms.values())
+        out.update({f"{GRAD_SHARE}{name}/{m}": v / total if total > 0 else 0.0 for name, v in terms.items()})
     return out
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from functools import partial
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.lazy import module_device, placeholder, realize
 from ..types import ModelOutput
 
 
@@ -67,16 +69,25 @@ class CEB(nn.Module):
             self.build(feature_dims, num_classes)
 
     def bind(self, model: nn.Module) -> "CEB":
-        """Builds the head for ``model`` (call before creating the optimizer)."""
-        if self.head is None:
+        """Builds the head for ``model`` (call before creating the optimizer). For a model
+        that has not seen a batch yet it is a placeholder, sized on that batch."""
+        if self.head is None and getattr(model, "materialized", True):
             self.build(model.feature_dims, model.num_classes)
-            self.to(next(model.parameters()).device)
+            self.to(module_device(model))
+        elif self.head is None:
+            self.head = placeholder(partial(self._head, model.num_classes), model.modalities, module_device(model))
+            model.when_materialized(self._realize)
         return self
 
     def build(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
-        dims = list(dict(feature_dims).values())
-        hidden = self.hidden or max(1, round(sum(dims) / len(dims)))
-        self.head = CEBHead(num_classes, sum(dims), hidden)
+        self.head = self._head(num_classes, dict(feature_dims))
+
+    def _head(self, num_classes: int, dims: Dict[str, int]) -> CEBHead:
+        hidden = self.hidden or max(1, round(sum(dims.values()) / len(dims)))
+        return CEBHead(num_classes, sum(dims.values()), hidden)
+
+    def _realize(self, dims: Dict[str, int]) -> None:
+        self.head = realize(self.head, dims)
 
     def forward(self, out: ModelOutput) -> Tensor:
         """The weighted term for one batch's model output (head fed the detached logits)."""

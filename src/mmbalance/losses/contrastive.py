@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.lazy import module_device, placeholder, realize
 
 
 def supervised_contrastive(features: Sequence[Tensor], labels: Tensor, temperature: float = 0.5,
@@ -106,17 +107,29 @@ class SupervisedContrastive(nn.Module):
             self.build(feature_dims)
 
     def bind(self, model: nn.Module) -> "SupervisedContrastive":
-        """Builds the projections for ``model`` (call before creating the optimizer)."""
-        if not self.built:
+        """Builds the projections for ``model`` (call before creating the optimizer). For a
+        model that has not seen a batch yet (an encoder without ``out_dim``) they are
+        placeholders, sized on its first batch (``MultimodalModel.when_materialized``)."""
+        if not self.built and getattr(model, "materialized", True):
             self.build(model.feature_dims)
-            self.to(next(model.parameters()).device)
+            self.to(module_device(model))
+        elif not self.built:
+            self.projections = placeholder(self._projections, model.modalities, module_device(model))
+            model.when_materialized(self._realize)
         return self
 
     def build(self, feature_dims: Mapping[str, int]) -> None:
-        dims = dict(feature_dims)
-        if len(set(dims.values())) > 1:
-            size = self.projection_dim or min(dims.values())
-            self.projections = nn.ModuleDict({m: nn.Linear(d, size) for m, d in dims.items()})
+        self.projections = self._projections(dict(feature_dims))
+        self.built = True
+
+    def _projections(self, dims: Dict[str, int]) -> Optional[nn.ModuleDict]:
+        if len(set(dims.values())) <= 1:
+            return None
+        size = self.projection_dim or min(dims.values())
+        return nn.ModuleDict({m: nn.Linear(d, size) for m, d in dims.items()})
+
+    def _realize(self, dims: Dict[str, int]) -> None:
+        self.projections = realize(self.projections, dims)
         self.built = True
 
     def forward(self, features: Mapping[str, Tensor], labels: Tensor) -> Tensor:

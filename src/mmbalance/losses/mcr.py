@@ -78,10 +78,14 @@ class MCRLoss(nn.Module):
 
     def bind(self, model: nn.Module) -> "MCRLoss":
         """Builds the projections and the CEB head for ``model``; call before creating the
-        optimizer so that their parameters are trained."""
+        optimizer so that their parameters are trained. For a model that has not seen a batch
+        (an encoder without ``out_dim``) they are sized on its first batch, in place."""
         if not self._built:
-            self._build(model.feature_dims, model.num_classes)
-            self.to(next(model.parameters()).device)
+            if self.contrastive.weight > 0:
+                self.contrastive.bind(model)
+            if self.ceb.weight > 0:
+                self.ceb.bind(model)
+            self._built = True
         return self
 
     def _build(self, feature_dims: Mapping[str, int], num_classes: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from functools import partial
 import warnings
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -200,7 +201,8 @@ class MIPD(nn.Module):
 
     def _reencode(self, model, modality: str, x: Tensor, draws: int) -> Tensor:
         """Input-space perturbations: one extra encoder pass per draw (their documented cost)."""
-        encoder = model.encoders[modality]
+        encoder = (partial(model.encode_modality, modality) if hasattr(model, "encode_modality")
+                   else model.encoders[modality])  # the model's check and sequence pooling
         if self.perturbation == "input_zero":
             return encoder(torch.zeros_like(x))
         return torch.cat([encoder(_noisy(x, x, self.noise_std)) for _ in range(draws)])

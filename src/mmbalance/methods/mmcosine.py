@@ -58,7 +58,7 @@ class MMCosine(Method):
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        for m in model.modalities:
+        for m in model.modalities if model.materialized else ():
             self._weight_of(m)  # validates the structure now rather than at the first batch
 
     def _weight_of(self, modality: str) -> nn.Parameter:

@@ -9,6 +9,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parameter import UninitializedBuffer, is_lazy
 from torch.utils.data import DataLoader
 
 from ..types import Batch, LossTerms, ModelOutput
@@ -70,12 +71,28 @@ class PMR(Method):
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        for i, m in enumerate(model.modalities):
-            self.register_buffer(f"prototypes_{i}", torch.zeros(model.num_classes, model.feature_dims[m]))
+        for i, m in enumerate(model.modalities):  # sized on the first batch if D_m is not known yet
+            self.register_buffer(f"prototypes_{i}", torch.zeros(model.num_classes, model.feature_dims[m])
+                                 if model.materialized else UninitializedBuffer())
+        model.when_materialized(self._size_prototypes)
         self.register_buffer("prototype_epoch", torch.tensor(-1))
         self.register_buffer("weights", torch.zeros(len(model.modalities)))
         self.seed = torch.initial_seed() % (2**31)  # the run seed; shuffles the prototype batches
         self.epoch = 0
+
+    def _size_prototypes(self, dims: Dict[str, int]) -> None:
+        for m in self.model.modalities:
+            buffer = self.prototypes(m)
+            if is_lazy(buffer):
+                buffer.materialize((self.model.num_classes, dims[m]))
+                buffer.zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for i in range(len(self.model.modalities)):  # not sized yet: a checkpoint's prototypes size it
+            buffer, key = getattr(self, f"prototypes_{i}"), f"{prefix}prototypes_{i}"
+            if is_lazy(buffer) and key in state_dict:
+                buffer.materialize(state_dict[key].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def prototypes(self, modality: str) -> Tensor:
         """(C, D_m) class prototypes of ``modality``."""
@@ -110,16 +127,17 @@ class PMR(Method):
     def _class_sums(self, batches: Iterable) -> Tuple[Dict[str, Tensor], Tensor]:
         """Per-class feature sums (C, D_m) and counts (C,), averaged over DDP ranks."""
         device, was_training, C = self.prototypes_0.device, self.model.training, self.model.num_classes
-        sums = {m: torch.zeros_like(self.prototypes(m)) for m in self.model.modalities}
+        sums: Dict[str, Tensor] = {}  # made after the first batch, which sizes a lazy model
         counts = torch.zeros(C, device=device)
         self.model.eval()
         for inputs, labels in batches:
             labels = labels.to(device).long()
             features = self.model.encode({m: x.to(device) for m, x in inputs.items()})
             for m in self.model.modalities:
-                sums[m].index_add_(0, labels, features[m].float())
+                sums.setdefault(m, torch.zeros_like(self.prototypes(m))).index_add_(0, labels, features[m].float())
             counts += torch.bincount(labels, minlength=C).float()
         self.model.train(was_training)
+        sums = {m: sums[m] if m in sums else torch.zeros_like(self.prototypes(m)) for m in self.model.modalities}
         return {m: self.all_reduce_mean(s) for m, s in sums.items()}, self.all_reduce_mean(counts)
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:

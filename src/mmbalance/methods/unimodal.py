@@ -34,7 +34,7 @@ class Unimodal(Method):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
         m = self.modality
-        feats = {m: self.model.encoders[m](inputs[m])}
+        feats = {m: self.model.encode_modality(m, inputs[m])}
         logits = self.model.heads[m](feats[m])
         return ModelOutput(logits=logits, unimodal_logits={m: logits}, features=feats)
 

@@ -2,72 +2,184 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Mapping, Optional, Union
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..types import ModelOutput
 from .fusion import FUSIONS
+from .lazy import placeholder, realize
+
+#: how a (B, T, D) encoder output becomes (B, D) features (``sequence_pool``)
+POOLS = ("mean", "max", "first", "last")
+
+
+def _heads(num_classes: int, dims: Dict[str, int]) -> nn.ModuleDict:
+    return nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+
+
+def _fusion(name: str, num_classes: int, kwargs: Dict[str, Any], dims: Dict[str, int]) -> nn.Module:
+    return FUSIONS[name](dims, num_classes, **kwargs)
+
+
+def _pool(h: Tensor, how: str) -> Tensor:
+    if how == "mean":
+        return h.mean(1)
+    if how == "max":
+        return h.amax(1)
+    return h[:, 0] if how == "first" else h[:, -1]
 
 
 class MultimodalModel(nn.Module):
     """``f(X) = f_c(f_1(X_1), ..., f_M(X_M))`` with unimodal heads ``f_cm(f_m(X_m))``
     (paper Eq. 1-2).
 
+    Any ``nn.Module`` can be an encoder. Its feature size D_m is ``feature_dims[m]``, else
+    its ``out_dim`` attribute, else read from its output on the first batch: until then the
+    heads and a named fusion are placeholders whose parameters are uninitialized (as in
+    ``nn.LazyLinear``), so an optimizer may be created before the first batch and still
+    trains them. ``model.materialize(inputs)`` runs that first pass explicitly (no gradient,
+    eval mode); do it before wrapping the model in ``DistributedDataParallel``.
+
     Args:
-        encoders: modality name -> encoder mapping (B, ...) to (B, D_m); M >= 2. The order
-            of this mapping is the model's modality order.
+        encoders: modality name -> encoder mapping (B, ...) to (B, D_m) features, or to
+            (B, T, D_m) sequences, pooled over T by ``sequence_pool``. An encoder that
+            returns a tuple or a dict: wrap it in :class:`~mmbalance.models.Select`. M >= 2;
+            the order of this mapping is the model's modality order.
         num_classes: C; ``1`` makes the model a regressor.
         fusion: a name in ``FUSIONS`` or a module called as ``fusion(features) -> (N, C)``.
-        feature_dims: modality -> D_m, needed only for encoders without ``out_dim``.
+        feature_dims: modality -> D_m; overrides ``out_dim``, never required.
         fusion_hidden: width of the non-linear fusions.
+        sequence_pool: ``mean`` (default), ``max``, ``first`` or ``last`` step of a
+            (B, T, D) output (no padding mask; an encoder that pads should pool itself).
 
     Example:
-        >>> model = MultimodalModel({"a": MLPEncoder(10, 8), "v": MLPEncoder(12, 8)}, 5)
-        >>> out = model({"a": xa, "v": xv})  # out.logits (B,5), out.features["a"] (B,8)
+        >>> model = MultimodalModel({"a": MLPEncoder(10, 8), "v": nn.Sequential(nn.Linear(12, 8))}, 5)
+        >>> out = model({"a": xa, "v": xv})  # out.logits (B,5), out.features["v"] (B,8)
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], num_classes: int,
                  fusion: Union[str, nn.Module] = "concat_linear",
-                 feature_dims: Optional[Mapping[str, int]] = None, fusion_hidden: int = 128) -> None:
+                 feature_dims: Optional[Mapping[str, int]] = None, fusion_hidden: int = 128,
+                 sequence_pool: str = "mean") -> None:
         super().__init__()
         if len(encoders) < 2:
             raise ConfigError(f"MultimodalModel needs at least 2 modalities, got {list(encoders)}")
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        if sequence_pool not in POOLS:
+            raise ConfigError(f"sequence_pool {sequence_pool!r} is unknown; valid: {', '.join(POOLS)}")
         self.encoders = nn.ModuleDict(dict(encoders))
         self.modalities = list(encoders)
-        self.num_classes = num_classes
-        self.feature_dims = self._feature_dims(feature_dims or {})
-        self.heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in self.feature_dims.items()})
+        self.num_classes, self.sequence_pool = num_classes, sequence_pool
+        self._declared = self._declared_dims(feature_dims or {})
+        self.feature_dims: Dict[str, int] = {}  # modality -> D_m, once known
+        self._waiting: List[Callable[[Dict[str, int]], None]] = []
+        build_fusion = None
         if isinstance(fusion, str):
             if fusion not in FUSIONS:
                 raise ConfigError(f"unknown fusion {fusion!r}; valid: {', '.join(FUSIONS)}")
             kwargs = {} if fusion == "concat_linear" else {"hidden": fusion_hidden}
-            fusion = FUSIONS[fusion](self.feature_dims, num_classes, **kwargs)
-        self.fusion = fusion
+            build_fusion = partial(_fusion, fusion, num_classes, kwargs)
+        build_heads = partial(_heads, num_classes)
+        if len(self._declared) == len(self.modalities):
+            self.feature_dims = dict(self._declared)
+            self.heads = build_heads(self.feature_dims)
+            self.fusion = build_fusion(self.feature_dims) if build_fusion else fusion
+        else:  # sizes known after the first batch
+            self.heads = placeholder(build_heads, self.modalities)
+            self.fusion = placeholder(build_fusion, self.modalities) if build_fusion else fusion
 
-    def _feature_dims(self, given: Mapping[str, int]) -> Dict[str, int]:
-        dims = {}
-        for m, enc in self.encoders.items():
-            dim = given.get(m, getattr(enc, "out_dim", None))
-            if dim is None:
-                raise ConfigError(f"encoder {m!r} has no out_dim attribute; pass feature_dims={{{m!r}: D}}")
-            dims[m] = int(dim)
-        return dims
+    def _declared_dims(self, given: Mapping[str, int]) -> Dict[str, int]:
+        unknown = sorted(set(given) - set(self.modalities))
+        if unknown:
+            raise ConfigError(f"feature_dims names modality {unknown[0]!r}; valid: {', '.join(self.modalities)}")
+        dims = {m: given.get(m, getattr(enc, "out_dim", None)) for m, enc in self.encoders.items()}
+        return {m: int(d) for m, d in dims.items() if d is not None}
 
     @property
     def task(self) -> str:
         """``"regression"`` when ``num_classes == 1``, else ``"classification"``."""
         return "regression" if self.num_classes == 1 else "classification"
 
+    # ----------------------------------------------------------- feature sizes
+    @property
+    def materialized(self) -> bool:
+        """True once every D_m is known (at once when each encoder declares it)."""
+        return len(self.feature_dims) == len(self.modalities)
+
+    def materialize(self, inputs: Mapping[str, Any]) -> "MultimodalModel":
+        """Runs the encoders once on ``inputs`` (no gradient, eval mode) to learn each D_m and
+        build the heads and fusion; nothing happens when the sizes are known. Returns self."""
+        if not self.materialized:
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                self.encode(inputs)
+            self.train(was_training)
+        return self
+
+    def when_materialized(self, callback: Callable[[Dict[str, int]], None]) -> None:
+        """Calls ``callback(feature_dims)`` once the sizes are known (now, if they are):
+        how a loss or method sizes its own modules for a model that has not seen a batch."""
+        if self.materialized:
+            callback(self.feature_dims)
+        else:
+            self._waiting.append(callback)
+
+    def _realize(self, dims: Dict[str, int]) -> None:
+        for m, d in self._declared.items():
+            if d != dims[m]:
+                raise ConfigError(f"encoder {m!r} declares {d} features (out_dim or feature_dims) "
+                                  f"but returned {dims[m]}")
+        with torch.inference_mode(False):  # a first batch under inference_mode must not freeze them
+            self.heads = realize(self.heads, dims)
+            self.fusion = realize(self.fusion, dims)
+            self.feature_dims = dict(dims)
+            waiting, self._waiting = self._waiting, []
+            for callback in waiting:
+                callback(self.feature_dims)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """A state dict sizes a model that has not seen a batch: D_m is its head's width."""
+        keys = {m: f"{prefix}heads.{m}.weight" for m in self.modalities}
+        if not self.materialized and all(k in state_dict for k in keys.values()):
+            self._realize({m: int(state_dict[k].shape[1]) for m, k in keys.items()})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ forward
     def encode(self, inputs: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """Modality -> (B, D_m) features."""
         missing = [m for m in self.modalities if m not in inputs]
         if missing:
             raise KeyError(f"inputs lack modalities {missing}; the model expects {self.modalities}")
-        return {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        features = {m: self.encode_modality(m, inputs[m]) for m in self.modalities}
+        if not self.materialized:
+            self._realize({m: int(features[m].shape[-1]) for m in self.modalities})
+        return features
+
+    def encode_modality(self, m: str, x: Any) -> Tensor:
+        """(B, D_m) features of one modality: its encoder's output, checked, and a (B, T, D)
+        sequence pooled by ``sequence_pool``."""
+        return self._feature(m, self.encoders[m](x), x)
+
+    def _feature(self, m: str, out: Any, x: Any) -> Tensor:
+        if not isinstance(out, Tensor):
+            key = "0" if isinstance(out, (tuple, list)) else "'<key>'"
+            raise ConfigError(f"encoder {m!r} returned a {type(out).__name__}, not a tensor; pick the feature "
+                              f"with mmbalance.models.Select(encoder, {key})")
+        if isinstance(x, Tensor) and x.dim() > 0 and out.dim() > 0 and out.shape[0] != x.shape[0]:
+            raise ConfigError(f"encoder {m!r} returned shape {tuple(out.shape)} for a batch of {x.shape[0]}: "
+                              "the batch axis must come first in an encoder's output")
+        if out.dim() == 3:
+            out = _pool(out, self.sequence_pool)
+        if out.dim() != 2:
+            raise ConfigError(f"encoder {m!r} returned shape {tuple(out.shape)}; features must be (B, D) or "
+                              "(B, T, D): end the encoder with nn.Flatten() or a pooling layer")
+        return out
 
     def fuse(self, features: Mapping[str, Tensor]) -> Tensor:
         """The fusion network alone: modality -> (N, D_m) features to (N, C) logits."""

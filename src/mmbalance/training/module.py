@@ -21,8 +21,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..config import RunConfig
 from ..engine import LRSchedule, build_optimizer, train_step
-from ..engine.step import BALANCE, GRAD
-from ..errors import NonFiniteLossError
+from ..engine.step import BALANCE, GRAD, GRAD_SHARE
+from ..errors import ConfigError, NonFiniteLossError
 from ..methods import Method
 from ..types import Batch, LossTerms
 
@@ -111,7 +111,7 @@ class BalanceModule(L.LightningModule):
         for name, value in loss.logs.items():
             if name.startswith(BALANCE):  # what the method's gradient edit reported
                 self.log(name, float(value), on_step=True, on_epoch=False)
-            elif name.startswith(GRAD):  # trainer.log_term_grad_norms: the epoch's mean
+            elif name.startswith((GRAD, GRAD_SHARE)):  # trainer.log_term_grad_norms: the epoch's mean
                 self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, batch_size=size)
             else:
                 self.log(f"train/{name}", float(value), batch_size=size)
@@ -203,6 +203,9 @@ class BalanceModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self):
+        if not getattr(self.method.model, "materialized", True):  # DDP and checkpoints need sized parameters
+            raise ConfigError("the model has not seen a batch, so its feature sizes are unknown: call "
+                              "model.materialize(inputs) on one batch before training it with Lightning")
         optimizer = build_optimizer(self.method.optimizer_groups(), self.cfg.optim)
         schedule = LRSchedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

@@ -9,6 +9,7 @@ import torch
 
 from ..config import TrainerConfig
 from ..errors import ConfigError
+from .loggers import check_logger
 
 
 def _precisions() -> list:
@@ -34,8 +35,9 @@ def _available(accelerator: str) -> int:
 
 
 def check_trainer(t: TrainerConfig) -> None:
-    """Raises ConfigError for a precision, strategy or accelerator Lightning does not know,
-    or an accelerator (or device count) this machine lacks."""
+    """Raises ConfigError for a precision, strategy, accelerator or logger Lightning does not
+    know, an accelerator (or device count) this machine lacks, or a logger whose package is
+    not installed."""
     precisions = _precisions()
     if str(t.precision) not in precisions:
         raise ConfigError(f"trainer.precision {t.precision!r} is unknown; valid: {', '.join(precisions)}")
@@ -45,6 +47,7 @@ def check_trainer(t: TrainerConfig) -> None:
     accelerators = ["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
     if t.accelerator not in accelerators:
         raise ConfigError(f"trainer.accelerator {t.accelerator!r} is unknown; valid: {', '.join(accelerators)}")
+    check_logger(t.logger)
     if t.accelerator != "auto":
         have = _available(t.accelerator)
         if have == 0:

@@ -112,7 +112,7 @@ def encode_split(model: torch.nn.Module, dataset: Dataset, modalities: Optional[
     try:
         for inputs, y in loader:
             for m in modalities:
-                feats[m].append(model.encoders[m](inputs[m].to(device)).float().cpu().reshape(len(y), -1))
+                feats[m].append(model.encode_modality(m, inputs[m].to(device)).float().cpu().reshape(len(y), -1))
             labels.append(y)
     finally:
         for module, mode in modes.items():

@@ -19,7 +19,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from ..config import RunConfig, record, resolve_data_spec
@@ -30,6 +29,7 @@ from ..methods.pipeline import Stage
 from .build import build_data, build_method, build_model, loaders
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import BestCheckpoint, LastCheckpoint, graceful_signals, raise_if_stopped
+from .loggers import build_loggers
 from .options import check_trainer
 from .module import BalanceModule
 from .probe import final_probe, probe_callbacks, probe_metrics
@@ -168,7 +168,7 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
 
 #: trainer keys that do not change what a stage learns (left out of its cache key)
 _NOT_SHAPING = ("progress", "log_every_n_steps", "stage_cache", "probe_every", "final_probe",
-                "checkpoint_every_n_steps", "checkpoint_every_minutes", "log_term_grad_norms")
+                "checkpoint_every_n_steps", "checkpoint_every_minutes", "log_term_grad_norms", "logger")
 
 
 def stage_key(cfg: RunConfig) -> str:
@@ -204,7 +204,7 @@ def _trainer(cfg: RunConfig, out: RunDir, extra: Sequence[Any] = ()):
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=_strategy(cfg),
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(out.path), name=RunDir.LOGS), num_sanity_val_steps=0,
+        logger=build_loggers(t.logger, str(out.path), out.path.name, record(cfg)), num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress,  # clipping: BalanceModule
         enable_model_summary=False, log_every_n_steps=t.log_every_n_steps, default_root_dir=str(out.path))
     return trainer, checkpoint
