@@ -9,8 +9,7 @@ from .errors import ConfigError, DataError, MMBalanceError, NonFiniteLossError
 from .losses import CEB, MIPD, MCRLoss, SupervisedContrastive
 from .models import MLPEncoder, MultimodalModel
 from .types import Batch, LossTerms, ModelOutput
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["losses", "MCRLoss", "MIPD", "SupervisedContrastive", "CEB", "MLPEncoder", "MultimodalModel", "Batch", "LossTerms", "ModelOutput",
            "ConfigError", "DataError", "MMBalanceError", "NonFiniteLossError", "__version__"]

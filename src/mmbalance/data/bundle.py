@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, did_you_mean
 from .arrays import ArrayDataset, MultimodalArrays
 
 
@@ -45,3 +47,19 @@ class DataBundle:
 
 #: Built-in dataset names -> loader taking the run's DataConfig. Real datasets register here.
 DATASETS: Dict[str, Callable[[Any], DataBundle]] = {}
+
+ARRAY_SUFFIXES = (".npz", ".h5", ".hdf5")
+
+
+def data_kind(spec: str) -> str:
+    """``synthetic``, ``dataset`` (a built-in name) or ``file`` (a ``.npz``/``.h5`` path);
+    ConfigError naming the closest dataset name for anything else."""
+    if spec == "synthetic":
+        return "synthetic"
+    if spec in DATASETS:
+        return "dataset"
+    if Path(spec).suffix in ARRAY_SUFFIXES or Path(spec).exists():
+        return "file"
+    valid = ["synthetic", *DATASETS]
+    raise ConfigError(f"--data {spec!r} is not a dataset name nor a .npz/.h5 file; "
+                      f"{did_you_mean(spec, valid)}valid names: {', '.join(valid)}")
