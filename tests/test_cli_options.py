@@ -1,6 +1,6 @@
 """Options a person can discover (issue 15.5): ``train --help`` lists the methods, data
 sources and config sections; ``--print-config``; ``--version``; "did you mean" on unknown
-names."""
+names; ``unimodal`` needs ``method.modality``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 from mmbalance.cli import _parser, main
 from mmbalance.config import SECTIONS, build_config, load_yaml
 from mmbalance.data import DATASETS
+from mmbalance.errors import ConfigError
 from mmbalance.methods import REGISTRY, get_method
 
 from .conftest import TINY
@@ -128,3 +129,22 @@ def test_unknown_dataset_when_training_fails_before_any_folder(tmp_path, capsys)
     code, _, err = _exit(["train", "--data", "cremda", "--method", "joint", "--out", str(out)], capsys)
     assert code == 2 and "did you mean cremad?" in err and not out.exists()
 
+
+def test_unimodal_needs_a_modality(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = _exit(["train", "--data", "synthetic", "--method", "unimodal", "--set", *TINY_SET,
+                          "--out", str(out)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: method 'unimodal' needs method.modality, one of: x1, x2")
+    assert not out.exists()
+
+
+def test_unimodal_modality_is_taken_as_given():
+    from mmbalance.models import MLPEncoder, MultimodalModel
+    model = MultimodalModel({"audio": MLPEncoder(3, 4), "video": MLPEncoder(5, 4)}, 3)
+    cls = get_method("unimodal")
+    with pytest.raises(ConfigError, match="needs method.modality, one of: audio, video"):
+        cls(model, cls.Hyperparameters())
+    with pytest.raises(ConfigError, match="'vidoe' is not a modality; did you mean video\\? valid: audio, video"):
+        cls(model, cls.Hyperparameters(modality="vidoe"))
+    assert cls(model, cls.Hyperparameters(modality="video")).modality == "video"
