@@ -9,8 +9,35 @@ from .errors import ConfigError, DataError, MMBalanceError, NonFiniteLossError
 from .losses import CEB, MIPD, MCRLoss, SupervisedContrastive
 from .models import MLPEncoder, MultimodalModel
 from .types import Batch, LossTerms, ModelOutput
+from .version import __version__
 
-__version__ = "0.1.0"
+
+def load_run(run_dir, checkpoint: str = "best", device="cpu"):
+    """A trained ``mmbalance train`` run, loaded back from its folder (from any working
+    directory, also after the folder was moved).
+
+    Args:
+        run_dir: the run folder (``--out`` of ``mmbalance train``).
+        checkpoint: ``"best"`` (default: the best epoch on the monitored validation metric,
+            the weights the test score came from) or ``"last"`` (``last.ckpt``).
+        device: where the model goes.
+
+    Returns:
+        A :class:`~mmbalance.analysis.runs.TrainedRun`: ``.model`` (the
+        :class:`MultimodalModel`), ``.method`` (``.method.predict(out)`` is the (B, C)
+        prediction evaluation scores), ``.cfg`` (the configuration), ``.inputs`` (modality
+        shapes and the train split's standardization), ``.prepare(arrays)`` (raw arrays ->
+        the standardized tensors the model takes) and ``.predict(arrays)`` (fused and
+        per-modality logits as numpy arrays).
+
+    Example:
+        >>> run = mb.load_run("runs/joint")
+        >>> pred = run.predict({"x1": x1, "x2": x2})   # raw (N, 100) arrays
+        >>> pred.logits.shape, pred.unimodal["x1"].shape  # (N, C), (N, C)
+    """
+    from .analysis.runs import load_run as _load_run  # needs the training stack; not loaded by `import mmbalance`
+    return _load_run(run_dir, checkpoint=checkpoint, device=device)
+
 
 __all__ = ["losses", "MCRLoss", "MIPD", "SupervisedContrastive", "CEB", "MLPEncoder", "MultimodalModel", "Batch", "LossTerms", "ModelOutput",
-           "ConfigError", "DataError", "MMBalanceError", "NonFiniteLossError", "__version__"]
+           "ConfigError", "DataError", "MMBalanceError", "NonFiniteLossError", "load_run", "__version__"]

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, closest, did_you_mean
 
 
 @dataclass
@@ -203,6 +203,16 @@ def record(cfg: RunConfig, given: Optional[str] = None) -> Dict[str, Any]:
     return tree
 
 
+def config_yaml(cfg: RunConfig, given: Optional[str] = None) -> str:
+    """The fully resolved configuration as a ``--config`` file: a comment line with the
+    method and data, then ``seed``, every section and ``method`` (its hyperparameters), with
+    the data keys that apply to that kind of data (:func:`record`)."""
+    tree = record(cfg, given)
+    body = {key: tree[key] for key in ("seed", *SECTIONS, "method")}
+    head = f"# mmbalance train --method {cfg.method} --data {tree['data_spec']}: every value, resolved\n"
+    return head + yaml.safe_dump(body, sort_keys=False)
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "trainer": TrainerConfig}
 
 
@@ -270,7 +280,7 @@ def build_config(method: str, data_spec: str = "synthetic", overrides: Optional[
             setattr(target, name, _coerce_field(target, name, value, key))
         else:
             valid = ["seed"] + [f"{s}.<key>" for s in SECTIONS] + ["method.<key>"]
-            raise ConfigError(f"unknown key {key!r}; valid: {', '.join(valid)}")
+            raise ConfigError(f"unknown key {key!r}; {_suggest_key(key, hyperparameters)}valid: {', '.join(valid)}")
     if hyperparameters is not None:
         hp = hyperparameters()
         for name, value in method_values.items():
@@ -278,6 +288,26 @@ def build_config(method: str, data_spec: str = "synthetic", overrides: Optional[
         cfg.hparams = hp
     _check_ranges(cfg)
     return cfg
+
+
+def all_keys(hyperparameters: Optional[type] = None) -> list:
+    """Every dotted key ``--set`` accepts: ``seed``, each section's fields and, given the
+    method's ``Hyperparameters``, ``method.<field>``."""
+    keys = ["seed"] + [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    if hyperparameters is not None:
+        keys += [f"method.{f.name}" for f in dataclasses.fields(hyperparameters)]
+    return keys
+
+
+def _suggest_key(key: str, hyperparameters: Optional[type]) -> str:
+    """``did you mean ...? `` for a key whose section is unknown: the closest whole key
+    (``trainr.max_epochs`` -> ``trainer.max_epochs``), else the closest section."""
+    section, _, name = key.partition(".")
+    close = closest(section, [*SECTIONS, "method"]) if name else None
+    if close is None:
+        return did_you_mean(key, all_keys(hyperparameters))
+    fields = [k.partition(".")[2] for k in all_keys(hyperparameters) if k.startswith(close + ".")]
+    return f"did you mean {close}.{closest(name, fields) or '<key>'}? "
 
 
 def _coerce_field(obj: Any, name: str, value: Any, key: str, label: str = "") -> Any:
@@ -290,7 +320,8 @@ def _coerce_field(obj: Any, name: str, value: Any, key: str, label: str = "") ->
         valid = ", ".join(names) or "(none)"
         section = key.rsplit(".", 1)[0]
         where = f" for {label}" if label else ""
-        raise ConfigError(f"unknown key {key!r}{where}; valid {section} keys: {valid}")
+        hint = did_you_mean(key, [f"{section}.{n}" for n in names])
+        raise ConfigError(f"unknown key {key!r}{where}; {hint}valid {section} keys: {valid}")
     return _coerce(value, hints[name], key)
 
 
@@ -350,9 +381,9 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{key} must lie in [0, 1], got {getattr(cfg.data, key)}")
     if cfg.data.shared + cfg.data.unique1 + cfg.data.unique2 > 1 + 1e-9:
         raise ConfigError("data.shared + data.unique1 + data.unique2 must not exceed 1")
-    if cfg.optim.name not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"optim.name {cfg.optim.name!r} is unknown; valid: adam, adamw, sgd")
-    if cfg.model.regression_loss not in ("mse", "l1"):
-        raise ConfigError(f"model.regression_loss {cfg.model.regression_loss!r} is unknown; valid: mse, l1")
-    if cfg.optim.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optim.schedule {cfg.optim.schedule!r} is unknown; valid: cosine, constant")
+    for key, valid in (("optim.name", ("adam", "adamw", "sgd")), ("model.regression_loss", ("mse", "l1")),
+                       ("optim.schedule", ("cosine", "constant"))):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise ConfigError(f"{key} {value!r} is unknown; {did_you_mean(value, valid)}valid: {', '.join(valid)}")

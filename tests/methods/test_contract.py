@@ -17,7 +17,8 @@ STEP_METHODS = [name for name, cls in REGISTRY.items() if getattr(cls, "trains_f
 
 
 def _module(name: str, seed: int = 0):
-    cfg = tiny_config(name, seed=seed)
+    explicit = {"method__modality": "x1"} if name == "unimodal" else {}  # it has no default modality
+    cfg = tiny_config(name, seed=seed, **explicit)
     L.seed_everything(seed, verbose=False)
     data = build_data(cfg)
     return BalanceModule(build_method(cfg, build_model(data, cfg)), cfg), data, cfg

@@ -1,4 +1,4 @@
-"""Sub-commands ``analyze errors``, ``analyze probes`` and ``diagnose``."""
+"""Sub-commands ``analyze errors``, ``analyze probes``, ``diagnose`` and ``predict``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def register(sub) -> None:
     d.add_argument("--permutations", type=int, default=5, help="permutations averaged per modality")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_diagnose)
+    r = sub.add_parser("predict", help="a trained run's predictions for new data (fused and per modality)")
+    r.add_argument("run", metavar="RUN_DIR", help="an `mmbalance train --out` folder (it may have been moved)")
+    r.add_argument("--data", required=True, metavar="FILE",
+                   help=".npz/.h5 with one array per modality of the run (same names and sample shapes, "
+                        "not standardized); 'label' optional")
+    r.add_argument("--out", required=True, metavar="FILE.npz", help="where the predictions go")
+    r.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="best (default: the checkpoint the test score came from) or last")
+    r.add_argument("--batch-size", type=int, help="rows per forward pass (default: the run's data.batch_size)")
+    r.set_defaults(func=cmd_predict)
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
@@ -70,4 +80,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     paths = write_diagnosis(d, args.out)
     print(Path(paths[0]).read_text())
     print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from .predict import read_new_data, write_predictions
+    from .runs import load_run
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    run = load_run(args.run, checkpoint=args.checkpoint)
+    arrays, label = read_new_data(args.data, run.inputs)
+    pred = run.predict(arrays, batch_size=args.batch_size)
+    scores = write_predictions(args.out, pred, label)
+    shown = "".join(f", {k}={v:.4f}" for k, v in scores.items())
+    parts = ", ".join(["fused", *(f"head {m}" for m in pred.unimodal), *(f"fusion {m}" for m in pred.fusion)])
+    print(f"predict: {len(pred.logits)} rows with {run.checkpoint.name if run.checkpoint else 'the stages'} "
+          f"of {run.path} ({parts}){shown} -> {args.out}")
     return 0

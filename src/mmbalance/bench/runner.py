@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .results import ResultsFile
 
 #: overrides that do not change what a run learns, left out of its fingerprint
@@ -66,7 +66,7 @@ def method_variants(selected: Optional[Sequence[str]] = None,
             continue
         name, sep, options = item.partition(":")
         if not sep or name not in REGISTRY:
-            raise ConfigError(f"unknown method {item!r}; valid: {', '.join(sorted(known))}, "
+            raise ConfigError(f"unknown method {item!r}; {did_you_mean(item, known)}valid: {', '.join(sorted(known))}, "
                               "or NAME:key=value[:key=value] (e.g. mcr:init=unimodal)")
         chosen.append(Variant(item, name, tuple(_option(item, o) for o in options.split(":"))))
     return chosen

@@ -59,14 +59,7 @@ def load_array_file(path: str | Path, standardize: bool = True, seed: int = 0,
         DataError: naming the file and the array, index or value at fault.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist")
-    if path.suffix == ".npz":
-        arrays = _read_npz(path)
-    elif path.suffix in (".h5", ".hdf5"):
-        arrays = _read_h5(path)
-    else:
-        raise DataError(f"data file {path} must end in .npz or .h5")
+    arrays = read_array_file(path)
     labels = arrays.pop("label", None)
     if labels is None:
         raise DataError(f"{path}: no 'label' array (found: {', '.join(arrays) or 'nothing'})")
@@ -100,6 +93,19 @@ def from_arrays(modalities: Mapping[str, object], labels: np.ndarray, split: Opt
     if standardize:
         data.stats = {m: _train_stats(a, splits["train"]) for m, a in modalities.items() if _standardizable(a)}
     return data
+
+
+def read_array_file(path: str | Path) -> Dict[str, object]:
+    """Every array of a ``.npz`` (in memory) or ``.h5`` file (``label``/``split`` read, the
+    others lazily), not yet validated; DataError when missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    if path.suffix == ".npz":
+        return _read_npz(path)
+    if path.suffix in (".h5", ".hdf5"):
+        return _read_h5(path)
+    raise DataError(f"data file {path} must end in .npz or .h5")
 
 
 def _read_npz(path: Path) -> Dict[str, np.ndarray]:

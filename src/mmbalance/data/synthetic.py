@@ -17,7 +17,7 @@ modality harder to learn. Everything is a function of ``seed``.
 Families (``family``): ``gaussian`` is the above. ``signed`` differs in x2 only: a carrying
 point is shifted by ``s_2 e mu_2(Y)`` with a random sign ``e = +-1``, so x2's class means are
 all zero and its label shows only in ``|<z_2, mu_2(c)>|``: an encoder must learn a nonlinear
-feature, which joint training, dominated by x1, has little reason to do (issue 11).
+feature, which joint training, dominated by x1, has little reason to do.
 
 Nuisance columns (``nuisance1``, ``nuisance2``, default 0): that many columns of
 independent ``N(0, 1)`` noise appended to the modality after the lift, from their own seeded

@@ -3,7 +3,7 @@
 Paper, Appendix A.2 and the authors' loaders: frames at 1 fps, the first T of the SORTED
 frame files, ``RandomResizedCrop(224)`` + horizontal flip for training, ImageNet mean/std.
 For evaluation the authors resize to 224x224 (squashing the aspect ratio); we resize the
-short side and take the centre crop, as the issue asks. The same crop and flip are applied
+short side and take the centre crop (no distortion). The same crop and flip are applied
 to every frame of a clip, so that the frames stay aligned in space. Written with torch and
 Pillow only (no torchvision).
 """

@@ -3,6 +3,8 @@
 ::
 
     OUT/config.yaml            the run's configuration (RunConfig.to_dict)
+    OUT/inputs.json            what the model takes: per-modality sample shapes, the train
+                               split's standardization, classes (data.InputSpec)
     OUT/metrics.json           the final metrics (written last: a finished run has it)
     OUT/predictions.npz        per-sample test predictions (engine/predictions.py)
     OUT/checkpoints/last.ckpt  rewritten every epoch; --resume continues from it
@@ -63,6 +65,7 @@ class RunDir:
     """
 
     CONFIG = "config.yaml"
+    INPUTS = "inputs.json"
     METRICS = "metrics.json"
     PREDICTIONS = "predictions.npz"
     CHECKPOINTS = "checkpoints"
@@ -83,6 +86,10 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.path / self.CONFIG
+
+    @property
+    def inputs(self) -> Path:
+        return self.path / self.INPUTS
 
     @property
     def metrics(self) -> Path:
@@ -153,6 +160,18 @@ class RunDir:
         if self.config.exists():
             return yaml.safe_load(self.config.read_text())
         return self.read_metrics().get("config")
+
+    def write_inputs(self, tree: Mapping[str, Any]) -> None:
+        atomic_write_text(self.inputs, json.dumps(dict(tree)))
+
+    def read_inputs(self) -> Optional[Dict[str, Any]]:
+        """``inputs.json``; None for a run written before it existed."""
+        if not self.inputs.exists():
+            return None
+        try:
+            return json.loads(self.inputs.read_text())
+        except ValueError as exc:
+            raise DataError(f"{self.inputs} is not valid JSON ({exc})") from None
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         atomic_write_text(self.metrics, json.dumps(metrics, indent=2, default=str))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Type
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .base import REGISTRY, Method, register
 
 # Importing a method's module registers it; this order is the order of `mmbalance methods`.
@@ -25,7 +25,7 @@ from .mcr import MCR  # noqa: E402
 def get_method(name: str) -> Type[Method]:
     """The method class registered under ``name``."""
     if name not in REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; valid: {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown method {name!r}; {did_you_mean(name, REGISTRY)}valid: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

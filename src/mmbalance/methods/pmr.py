@@ -47,7 +47,7 @@ class PMR(Method):
         Prototypes come from TRAINING batches only. The MCR authors' AVE code computes them from
         the validation set; that lets validation labels shape training and leaks into model
         selection, so it is not copied. The MCR authors ran PMR with ``momentum=0.0`` and
-        ``alpha=2.0`` (issue 14); the defaults here stay the official code's (0.2, 1.0) and the
+        ``alpha=2.0``; the defaults here stay the official code's (0.2, 1.0) and the
         per-dataset configs set the authors' values.
 
         Optimizer: official SGD (lr 1e-4, momentum 0.9, weight decay 1e-4, StepLR(70, 0.1)).

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from ..types import Batch, LossTerms, ModelOutput
 from .base import Method, register
 
@@ -17,19 +17,23 @@ class Unimodal(Method):
     """Trains ``f_cm(f_m(X_m))`` for one modality m; only its encoder and head change."""
 
     name = "unimodal"
-    description = "one modality's encoder and head alone (choose it with method.modality)"
+    description = "one modality's encoder and head alone (method.modality is required)"
     reference = "baseline (Kontras et al., Section 4)"
     init_choices = ("scratch",)  # it is what a unimodal start trains
 
     @dataclass
     class Hyperparameters:
-        modality: Optional[str] = None  # default: the first modality
+        modality: Optional[str] = None  # required: which modality to train (no default: none is "the" one)
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        chosen = self.hparams.modality or model.modalities[0]
+        chosen, valid = self.hparams.modality, ", ".join(model.modalities)
+        if not chosen:
+            raise ConfigError(f"method 'unimodal' needs method.modality, one of: {valid} "
+                              f"(e.g. --set method.modality={model.modalities[0]})")
         if chosen not in model.modalities:
-            raise ConfigError(f"method.modality {chosen!r} is not a modality; valid: {', '.join(model.modalities)}")
+            raise ConfigError(f"method.modality {chosen!r} is not a modality; "
+                              f"{did_you_mean(chosen, model.modalities)}valid: {valid}")
         self.modality = chosen
 
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from ..config import RunConfig
 from ..data import DATASETS, DataBundle, from_arrays, load_array_file, make_synthetic
-from ..errors import ConfigError
+from ..data.bundle import data_kind
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
 from ..models.registry import encoder_for
@@ -20,18 +20,16 @@ def build_data(cfg: RunConfig) -> DataBundle:
     """Loads ``cfg.data_spec``: ``synthetic``, a built-in dataset name (with ``data.root``),
     or a path to a ``.npz``/``.h5`` file."""
     d = cfg.data
-    if cfg.data_spec == "synthetic":
+    kind = data_kind(cfg.data_spec)
+    if kind == "synthetic":
         arrays = make_synthetic(d)  # DataConfig is a SyntheticSpec
         data = from_arrays({"x1": arrays["x1"], "x2": arrays["x2"]}, arrays["label"], arrays["split"],
                            standardize=d.standardize, source="synthetic", extras={"kind": arrays["kind"]})
         return DataBundle.from_arrays(data)
-    if cfg.data_spec in DATASETS:
+    if kind == "dataset":
         return DATASETS[cfg.data_spec](d)
-    path = Path(cfg.data_spec)
-    if path.suffix in (".npz", ".h5", ".hdf5") or path.exists():
-        return DataBundle.from_arrays(load_array_file(path, standardize=d.standardize, seed=d.seed, task=d.task))
-    valid = ", ".join(["synthetic", *DATASETS])
-    raise ConfigError(f"--data {cfg.data_spec!r} is not a dataset name ({valid}) nor a .npz/.h5 file")
+    return DataBundle.from_arrays(load_array_file(Path(cfg.data_spec), standardize=d.standardize, seed=d.seed,
+                                                  task=d.task))
 
 
 def build_model(data: DataBundle, cfg: RunConfig) -> MultimodalModel:

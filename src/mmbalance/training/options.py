@@ -8,7 +8,7 @@ import typing
 import torch
 
 from ..config import TrainerConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .loggers import check_logger
 
 
@@ -40,13 +40,16 @@ def check_trainer(t: TrainerConfig) -> None:
     not installed."""
     precisions = _precisions()
     if str(t.precision) not in precisions:
-        raise ConfigError(f"trainer.precision {t.precision!r} is unknown; valid: {', '.join(precisions)}")
+        raise ConfigError(f"trainer.precision {t.precision!r} is unknown; {did_you_mean(str(t.precision), precisions)}"
+                          f"valid: {', '.join(precisions)}")
     strategies = _strategies()
     if t.strategy not in strategies:
-        raise ConfigError(f"trainer.strategy {t.strategy!r} is unknown; valid: {', '.join(strategies)}")
+        raise ConfigError(f"trainer.strategy {t.strategy!r} is unknown; {did_you_mean(str(t.strategy), strategies)}"
+                          f"valid: {', '.join(strategies)}")
     accelerators = ["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
     if t.accelerator not in accelerators:
-        raise ConfigError(f"trainer.accelerator {t.accelerator!r} is unknown; valid: {', '.join(accelerators)}")
+        raise ConfigError(f"trainer.accelerator {t.accelerator!r} is unknown; {did_you_mean(str(t.accelerator), accelerators)}"
+                          f"valid: {', '.join(accelerators)}")
     check_logger(t.logger)
     if t.accelerator != "auto":
         have = _available(t.accelerator)

@@ -142,7 +142,7 @@ def probe_modalities(model: torch.nn.Module, train: Dataset, evaluate: Dataset,
 
 def final_probe(model: torch.nn.Module, data) -> Dict[str, float]:
     """``trainer.final_probe``: modality -> test score of a probe fitted on the train split's
-    frozen features (the competition gap of issue 11.2 compares these across methods)."""
+    frozen features (the competition gap compares these across methods)."""
     with torch.random.fork_rng(devices=[]):
         return probe_modalities(model, data.train, data.test)
 

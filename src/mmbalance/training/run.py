@@ -92,6 +92,7 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         raise ConfigError(f"--resume: no checkpoint at {last}")
     out.mkdir()
     out.write_config(record(cfg))
+    out.write_inputs(data.input_spec().to_dict())  # load_run rebuilds the model from it, without the data
     stages = _run_stages(cfg, plan, out, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the data is built once, above:
     method = build_method(cfg, build_model(data, cfg))         # its randomness is per item, not per build

@@ -14,7 +14,8 @@ from .run import SpeedConfig, resolve_settings, run_speed
 
 
 def register_bench(bench_sub) -> None:
-    s = bench_sub.add_parser("speed", help="ms/step and peak memory of every method (MCR's cost, issue 6)")
+    s = bench_sub.add_parser("speed", help="ms/step and peak memory of every method (what MCR costs over "
+                                           "joint training)")
     s.add_argument("--out", required=True, help="directory of speed.csv, speed.md and the figures")
     s.add_argument("--quick", action="store_true", help="small models and few rounds: a smoke run of a minute or two")
     s.add_argument("--settings", nargs="+", default=["synthetic", "cremad", "mosei"],
