@@ -49,7 +49,7 @@ def test_bad_input_exit_2_one_line(tmp_path, args, culprit):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "never"
     cmd = [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", *args, "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and culprit.replace("{tmp}", str(tmp_path)) in lines[0]
