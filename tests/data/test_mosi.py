@@ -126,5 +126,6 @@ def test_train_end_to_end_regression_and_classification(tmp_path):
     metrics = train_cli("mosei", tmp_path / "mosei", tmp_path / "cls", *small, "data.task=classification",
                         "data.modalities=[video,text]")
     assert {"acc2", "f1"} <= set(metrics["test"])
-    # at least 16 of 20 right, chance 10; labels shuffled against the inputs reach 16 with p ~ 0.006
-    assert metrics["test"]["accuracy"] >= 1 / 2 + 0.3
+    # at least 16 of 20 right (the bound sits between counts, clear of float32 rounding), chance
+    # 10; labels shuffled against the inputs reach 16 with p ~ 0.006
+    assert metrics["test"]["accuracy"] >= 1 / 2 + 0.28

@@ -108,5 +108,6 @@ def test_train_end_to_end(tmp_path):
     write_sthsth(tmp_path / "ssv2", train=20, val=20, signal=True)
     metrics = train_cli("sthsth", tmp_path / "ssv2", tmp_path / "run", "data.num_frames=2", "data.val_fraction=0.3",
                         "trainer.max_epochs=6", "optim.lr=0.01")
-    # at least 17 of 20 right, chance 10; labels shuffled against the inputs reach 17 with p ~ 0.001
-    assert metrics["test"]["accuracy"] >= 1 / 2 + 0.35
+    # at least 17 of 20 right (the bound sits between counts, clear of float32 rounding), chance
+    # 10; labels shuffled against the inputs reach 17 with p ~ 0.001
+    assert metrics["test"]["accuracy"] >= 1 / 2 + 0.33

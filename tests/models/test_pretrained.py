@@ -79,5 +79,6 @@ def test_cremad_waveforms_train_with_pretrained_encoders(dirs, tmp_path):
                         "data.sample_rate=16000", "model.encoder=audio:pretrained,video:pretrained",
                         f"model.pretrained=audio={dirs['wav2vec2']},video={dirs['vit']}",
                         "data.val_fraction=0.2", "trainer.max_epochs=3", "optim.lr=0.01")
-    # at least 12 of 18 right, chance 3; labels shuffled against the inputs reach 12 with p < 1e-5
-    assert metrics["test"]["accuracy"] >= 1 / 6 + 0.5
+    # at least 12 of 18 right (the bound sits between counts, clear of float32 rounding), chance
+    # 3; labels shuffled against the inputs reach 12 with p < 1e-5
+    assert metrics["test"]["accuracy"] >= 1 / 6 + 0.45
