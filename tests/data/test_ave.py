@@ -86,6 +86,11 @@ def test_missing_split_file(root):
         load(root)
 
 
-def test_train_end_to_end(root, tmp_path):
-    metrics = train_cli("ave", root[0], tmp_path / "run")
-    assert 0 <= metrics["test"]["accuracy"] <= 1
+def test_train_end_to_end(tmp_path):
+    """Planted signal (grey level plus pixel noise, spectrogram offset 3 per class), 3 classes
+    of the 28, 18/6/12 train/val/test videos, chance 1/3 on the balanced test set.
+    Measured over run seeds 0-5 (8 epochs, lr 0.01): 1.00, 1.00, 1.00, 1.00, 0.92, 1.00."""
+    write_ave(tmp_path / "ave", per_split=(6, 2, 4), signal=True)
+    metrics = train_cli("ave", tmp_path / "ave", tmp_path / "run", "trainer.max_epochs=8", "optim.lr=0.01")
+    # at least 9 of 12 right, chance 4; labels shuffled against the inputs reach 9 with p ~ 0.004
+    assert metrics["test"]["accuracy"] >= 1 / 3 + 0.4

@@ -12,7 +12,7 @@ import torch
 from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
 from mmbalance.data.audio import log_spectrogram
-from mmbalance.testing.fixtures import UCF_CLASSES, write_ucf51
+from mmbalance.testing.fixtures import write_ucf51
 from mmbalance.errors import DataError
 
 from ._common import assert_frames, train_cli
@@ -90,6 +90,13 @@ def test_bad_files_name_the_file(root):
         load(root)
 
 
-def test_train_end_to_end(root, tmp_path):
-    metrics = train_cli("ucf51", root, tmp_path / "run", "data.fold=1")
-    assert 0 <= metrics["test"]["accuracy"] <= 1 and set(UCF_CLASSES)
+def test_train_end_to_end(tmp_path):
+    """Planted signal (dark or light noisy frames, a 300 or 700 Hz tone of random amplitude and
+    phase), 2 classes: groups g01-g03 train (one group per class carved out for validation by
+    val_fraction 0.34), g04 test, 6 clips per group and class, so 24/12/12 clips; chance 1/2.
+    Measured over run seeds 0-9 (6 epochs, lr 0.01): 1.00 except seed 3 (0.92)."""
+    write_ucf51(tmp_path / "ucf", clips=6, groups=4, signal=True)
+    metrics = train_cli("ucf51", tmp_path / "ucf", tmp_path / "run", "data.fold=1", "data.val_fraction=0.34",
+                        "trainer.max_epochs=6", "optim.lr=0.01")
+    # at least 10 of 12 right, chance 6; labels shuffled against the inputs reach 10 with p ~ 0.02
+    assert metrics["test"]["accuracy"] >= 1 / 2 + 0.3

@@ -13,13 +13,15 @@ from ..conftest import tiny_config
 
 
 def test_outputs_and_best_checkpoint_is_tested(tmp_path):
-    cfg = tiny_config("multiloss", trainer__max_epochs=4)
+    # strong signal (s_m = 4) at lr 0.01 so the run learns: 45 test points, chance 1/5;
+    # measured over run seeds 0-5: 0.82, 0.78, 0.73, 0.69, 0.60, 0.67
+    cfg = tiny_config("multiloss", trainer__max_epochs=4, data__signal1=4.0, data__signal2=4.0, optim__lr=0.01)
     metrics = train(cfg, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics, default=str))
     for key in ("method", "seed", "config", "val", "test"):
         assert key in saved
-    assert 0.0 <= saved["test"]["accuracy"] <= 1.0 and "accuracy/x1" in saved["test"]
+    assert saved["test"]["accuracy"] >= 1 / 5 + 0.3 and "accuracy/x1" in saved["test"]  # >= 23 of 45; chance 9
     assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "checkpoints" / "best.ckpt").exists()
     with open(tmp_path / "logs" / "version_0" / "metrics.csv") as f:
         per_epoch = [float(r["val/accuracy"]) for r in csv.DictReader(f) if r.get("val/accuracy")]

@@ -9,7 +9,10 @@ Frames are constant images whose grey level encodes the frame's position in its 
 every frame of a clip has grey level ``signal_value(label)``, tones are ``signal_freq(label)``
 Hz, spectrograms and feature rows are offset by the label. A model that trains at all then
 beats chance by a wide margin; one that does not (broken loader, labels shuffled against
-inputs, no learning) stays at chance.
+inputs, no learning) stays at chance. AVE, UCF-51 and Sth-Sth frames (and UCF-51 tones) also
+get seeded noise, so that no two clips of a class are identical: with identical clips, batch
+norm's statistics of a 4-clip batch can hold a single input, and a ResNet that fits the
+training batches may still predict one class in evaluation (seen on UCF-51).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ def signal_value(label: int, classes: int) -> int:
     return int(round(20 + 215 * label / max(classes - 1, 1)))
 
 
+#: s.d. (grey levels) of the pixel noise of planted AVE, UCF-51 and Sth-Sth frames
+NOISE = 20.0
+
+
 def signal_freq(label: int) -> float:
     """Tone (Hz) of a class-``label`` clip under ``signal=True``."""
     return 300.0 + 400.0 * label
@@ -56,22 +63,26 @@ def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float =
     return samples
 
 
-def jpeg_bytes(value: int, size=(24, 32)) -> bytes:
-    """A constant RGB JPEG of grey level ``value`` and (height, width) ``size``."""
+def jpeg_bytes(value: int, size=(24, 32), noise=None) -> bytes:
+    """An RGB JPEG of grey level ``value`` and (height, width) ``size``: constant, or with
+    ``noise`` (a numpy Generator) pixel noise of s.d. ``NOISE``."""
     from PIL import Image
 
+    pixels = np.full((*size, 3), float(value))
+    if noise is not None:
+        pixels += noise.normal(0, NOISE, size=pixels.shape)
     buffer = io.BytesIO()
-    Image.fromarray(np.full((*size, 3), value, dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+    Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
 
 
-def write_frames(folder: Path, count: int, size=(24, 32), value: int | None = None) -> List[Path]:
+def write_frames(folder: Path, count: int, size=(24, 32), value: int | None = None, noise=None) -> List[Path]:
     """``count`` frames ``00001.jpg``... written in reverse order (so only sorting finds them);
-    grey level ``frame_value(k)``, or ``value`` for all of them."""
+    grey level ``frame_value(k)``, or ``value`` for all of them; ``noise`` as in :func:`jpeg_bytes`."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{k + 1:05d}.jpg" for k in range(count)]
     for k in reversed(range(count)):
-        paths[k].write_bytes(jpeg_bytes(frame_value(k) if value is None else value, size))
+        paths[k].write_bytes(jpeg_bytes(frame_value(k) if value is None else value, size, noise))
     return paths
 
 
@@ -115,27 +126,33 @@ def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40,
                 spec = rng.normal(-5 + (3 * label if signal else 0), 2, size=(257, width)).astype(np.float32)
                 (root / "Audio-1004-SE" / f"{vid}.pkl").write_bytes(pickle.dumps(spec))
                 write_frames(root / "Image-01-FPS-SE" / vid, frames,
-                             value=signal_value(label, len(AVE_CLASSES)) if signal else None)
+                             value=signal_value(label, len(AVE_CLASSES)) if signal else None,
+                             noise=rng if signal else None)
                 rows[split].append((vid, cls))
         (root / names[split]).write_text("".join(f"{c}&{v}&good&0&10\n" for v, c in rows[split]))
     return rows
 
 
-def write_ucf51(root: Path, frames: int = 5, size=(24, 32), clips: int = 2, signal: bool = False) -> Dict[str, list]:
+def write_ucf51(root: Path, frames: int = 5, size=(24, 32), clips: int = 2, signal: bool = False,
+                groups: int = 3) -> Dict[str, list]:
     """UCF-51: ``UCF_fps1_audio16000.pkl``, ``ucfTrainTestlist/{train,test}list01.txt`` and
-    ``class_change.pkl``; groups g01-g02 train, g03 test (``clips`` clips per group and class),
-    plus one listed clip without audio. Returns split -> [clip file name]."""
+    ``class_change.pkl``; groups g01 to g``groups - 1`` train, the last group test (``clips``
+    clips per group and class), plus one listed clip without audio. Returns split -> [clip
+    file name]."""
     table, rows = {}, {"train": [], "test": []}
     t = np.arange(8000) / 16000
+    rng = np.random.default_rng(0)
     for cls, label in UCF_CLASSES.items():
-        for group in (1, 2, 3):
+        for group in range(1, groups + 1):
             for c in range(1, clips + 1):
                 name = f"v_{cls}_g{group:02d}_c{c:02d}.avi"
-                grey = [signal_value(int(label > 0), 2) if signal else frame_value(k) for k in range(frames)]
-                vision = np.stack([np.full((*size, 3), g, np.uint8) for g in grey])
-                audio = (0.5 * np.sin(2 * np.pi * (300 + 50 * label) * t)).astype(np.float32)
+                if signal:
+                    vision, audio = _planted_clip(rng, int(label > 0), 2, frames, size, t)
+                else:
+                    vision = np.stack([np.full((*size, 3), frame_value(k), np.uint8) for k in range(frames)])
+                    audio = (0.5 * np.sin(2 * np.pi * (300 + 50 * label) * t)).astype(np.float32)
                 table[name] = {"data": {"vision": vision, "audio": audio}, "label": label}
-                rows["train" if group < 3 else "test"].append(name)
+                rows["train" if group < groups else "test"].append(name)
     rows["train"].append("v_NoAudio_g01_c01.avi")  # in the official list, not in the pickle
     (root / "ucfTrainTestlist").mkdir(parents=True, exist_ok=True)
     (root / "UCF_fps1_audio16000.pkl").write_bytes(pickle.dumps(table))
@@ -144,6 +161,16 @@ def write_ucf51(root: Path, frames: int = 5, size=(24, 32), clips: int = 2, sign
         lines = [f"{n.split('_')[1]}/{n}" + (" 1" if split == "train" else "") for n in names]
         (root / "ucfTrainTestlist" / f"{split}list01.txt").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def _planted_clip(rng, label: int, classes: int, frames: int, size, t: np.ndarray):
+    """(frames, H, W, 3) uint8 frames of grey level ``signal_value(label)`` plus pixel noise
+    (s.d. ``NOISE``), and a ``signal_freq(label)`` tone of random amplitude and phase plus white
+    noise: clips of one class differ, so batch norm's batch statistics vary as with real data."""
+    grey = signal_value(label, classes) + rng.normal(0, NOISE, size=(frames, *size, 3))
+    vision = np.clip(np.round(grey), 0, 255).astype(np.uint8)
+    tone = rng.uniform(0.3, 0.7) * np.sin(2 * np.pi * signal_freq(label) * t + rng.uniform(0, 2 * np.pi))
+    return vision, (tone + rng.normal(0, 0.02, size=t.shape)).astype(np.float32)
 
 
 def affect_table(sizes=(8, 4, 4), steps: int = 6, dims=(5, 4, 6), seed: int = 0, signal: bool = False) -> Dict[str, dict]:
@@ -187,6 +214,7 @@ def write_sthsth(root: Path, train: int = 6, val: int = 2, frames: int = 6, temp
     import h5py
 
     labels = {t.replace("[", "").replace("]", ""): str(i) for i, t in enumerate(templates)}
+    noise = np.random.default_rng(0) if signal else None
     (root / "something-something-v2-labels.json").write_text(json.dumps(labels))
     rows: Dict[str, list] = {}
     with h5py.File(root / "dataset.hdf5", "w") as rgb, h5py.File(root / "flow_dataset.hdf5", "w") as flow:
@@ -196,17 +224,17 @@ def write_sthsth(root: Path, train: int = 6, val: int = 2, frames: int = 6, temp
             rows[split] = [(e["id"], i % len(templates)) for i, e in enumerate(entries)]
             for e, (_, label) in zip(entries, rows[split]):
                 value = signal_value(label, len(templates)) if signal else None
-                _h5_frames(rgb, e["id"], frames, value)
-                _h5_frames(flow, e["id"], frames - 1, value)
+                _h5_frames(rgb, e["id"], frames, value, noise)
+                _h5_frames(flow, e["id"], frames - 1, value, noise)
     return rows
 
 
-def _h5_frames(handle, video: str, count: int, value: int | None = None) -> None:
+def _h5_frames(handle, video: str, count: int, value: int | None = None, noise=None) -> None:
     import h5py
 
     data = handle.create_dataset(video, (count,), dtype=h5py.vlen_dtype(np.dtype("uint8")))
     for k in range(count):
-        data[k] = np.frombuffer(jpeg_bytes(frame_value(k) if value is None else value), dtype=np.uint8)
+        data[k] = np.frombuffer(jpeg_bytes(frame_value(k) if value is None else value, noise=noise), dtype=np.uint8)
 
 
 def write_sthsth_features(root: Path, train: int = 8, val: int = 4, dims=(6, 5)) -> None:
