@@ -32,7 +32,7 @@ test-install: install-test
 # One module: make mutation MODULES=losses. Kill rates: docs/testing.md.
 MODULES ?= losses methods arrays rundir
 mutation: install-test
-	$(PIP) mutmut
+	$(PIP) -e '.[dev]'
 	$(BIN)/python tests/mutation.py $(MODULES)
 
 clean:

@@ -194,8 +194,8 @@ def test_trial_report_lines_and_eta():
     lines = []
     report = TrialReport(4, "accuracy", lines.append, clock=lambda: now[0])
     study = optuna.create_study(direction="maximize")
-    study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.01}, value=0.5,
-                                              distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}))
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.01}, value=0.5, distributions={"optim.lr": lr}))
     now[0] = 130.0
     report(study, study.get_trials()[0])
     assert lines == ["trial 0: val accuracy 0.5000  optim.lr=0.01  [1/4, 0:30 elapsed, ETA 1:30]"]

@@ -91,10 +91,25 @@ def open_storage(url: str):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30,
                                                   grace_period=120)
+        except ImportError as exc:  # the URL's database driver (Optuna re-raises SQLAlchemy's)
+            missing = getattr(exc.__cause__, "name", None) or "its database driver"
+            hint = ("pip install 'mmbalance[postgres]'" if url.startswith("postgresql") and missing == "psycopg2"
+                    else f"pip install {missing}")
+            raise ConfigError(f"--storage {shown_url(url)} needs the database driver {missing}: {hint}") from None
         except Exception as exc:  # SQLAlchemy raises many types for a bad URL, a race, a dead server
             error = exc
             time.sleep(0.2 * (attempt + 1))
-    raise ConfigError(f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}") from None
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise ConfigError(f"--storage {shown_url(url)} cannot be opened: {first}") from None
+
+
+def shown_url(url: str) -> str:
+    """The storage URL with its password hidden, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+        return repr(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # not a URL SQLAlchemy can parse: shown as given
+        return repr(url)
 
 
 @contextmanager
@@ -193,6 +208,7 @@ def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out:
             (False); default: the bar when stderr is a terminal. Either way each trial's
             result is logged.
     """
+    optuna = _optuna()  # before anything is written: a missing extra fails at once
     from ..config import build_config
     from ..methods import get_method
     from ..training.run import MINIMISED, atomic_write_text
@@ -201,7 +217,6 @@ def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out:
     out.mkdir(parents=True, exist_ok=True)
     name, base = name or method, dict(base)
     metric = metric or build_config(method, data_spec, base, cls.Hyperparameters).trainer.monitor
-    optuna = _optuna()
     if pruner == "median":
         pruner = default_pruner()
     callback_class = _pruning_callback_class() if pruner is not None else None
