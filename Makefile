@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/mmbalance demo --out runs/demo
 
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 # A fresh venv with only the declared dependencies (no extras): every module imports and a
 # WAV-reading loader runs. Slow (a pip install); CI runs it after `make test`.
@@ -32,7 +32,7 @@ test-install: install-test
 # One module: make mutation MODULES=losses. Kill rates: docs/testing.md.
 MODULES ?= losses methods arrays rundir
 mutation: install-test
-	$(PIP) mutmut
+	$(PIP) -e '.[dev]'
 	$(BIN)/python tests/mutation.py $(MODULES)
 
 clean:

@@ -1,7 +1,8 @@
 """A plain install, as a new user gets it: a fresh venv with only the declared dependencies
-(no extras, pinned by constraints.txt), every module importable, and a WAV-reading loader
-working. The test extra pulls scipy, h5py and transformers into the development venv, so
-an undeclared import would pass every other test; this one builds the venv itself.
+(no extras, pinned by constraints.txt), every module importable, a WAV-reading loader
+working, and ``tune`` naming its extra. The test extra pulls optuna, tensorboard and
+transformers into the development venv, so an undeclared import would pass every other
+test; this one builds the venv itself.
 
 Slow (a venv and a pip install, about a minute): ``make test-install``, which CI runs after
 ``make test``.
@@ -27,7 +28,7 @@ CHECK = textwrap.dedent("""
 
     import mmbalance
     assert "site-packages" in mmbalance.__file__, mmbalance.__file__  # the install, not the checkout
-    for extra in ("transformers", "pytest", "hypothesis", "tensorboard"):
+    for extra in ("transformers", "pytest", "hypothesis", "tensorboard", "optuna", "optuna_integration", "psycopg2"):
         assert importlib.util.find_spec(extra) is None, f"{extra} is installed without an extra"
     names = [m.name for m in pkgutil.walk_packages(mmbalance.__path__, "mmbalance.")]
     for name in names:
@@ -47,6 +48,14 @@ CHECK = textwrap.dedent("""
     assert tuple(x["audio"].shape) == (257, 188) and tuple(x["video"].shape) == (3, 3, 16, 16), x
     assert float(x["audio"].std()) > 0  # the WAV was read (scipy resampling), not zero-filled
     print("cremad ok", len(bundle.train), len(bundle.val), len(bundle.test))
+
+    from mmbalance.bench.tune import tune
+    from mmbalance.errors import ConfigError
+    try:
+        tune("joint", "synthetic", {}, 1, root / "tune")
+    except ConfigError as exc:  # one line naming the extra, no traceback in the CLI
+        assert "pip install 'mmbalance[tune]'" in str(exc), exc
+        print("tune needs the extra")
 """)
 
 
@@ -65,6 +74,6 @@ def test_plain_install_imports_every_module_and_reads_wav(tmp_path):
     run = subprocess.run([str(python), str(tmp_path / "check.py"), str(tmp_path / "cremad")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "cremad ok 11 1 6" in run.stdout
+    assert "cremad ok 11 1 6" in run.stdout and "tune needs the extra" in run.stdout
     cli = subprocess.run([str(venv / "bin" / "mmbalance"), "--help"], capture_output=True, text=True)
     assert cli.returncode == 0 and "train" in cli.stdout, cli.stderr

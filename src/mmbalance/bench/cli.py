@@ -66,6 +66,10 @@ def register(sub) -> None:
     t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="fixed overrides")
     t.add_argument("--sampler-seed", type=int, help="TPE seed (leave unset when several workers share a study)")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's checkpoints")
+    t.add_argument("--no-prune", action="store_true",
+                   help="run every trial to the end (default: a median pruner stops a trial whose validation "
+                        "metric is below the other trials' median at the same epoch, from the 3rd epoch, once "
+                        "5 trials have completed)")
     t.set_defaults(func=cmd_tune)
 
 
@@ -192,7 +196,7 @@ def _tune_all(variants, base: dict, trials: int, tuned_dir: Path, workers: int, 
                               data_spec=data_spec))
     for result in run_tasks(tasks, workers):
         print(f"tuned {result.name}: val {result.best_value:.4f} with {result.best_params} "
-              f"({result.finished_trials} trials)", flush=True)
+              f"({result.finished_trials} trials: {result.counts()})", flush=True)
     return tuned_dir
 
 
@@ -207,10 +211,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     base.update(parse_set_items(args.set))
     result = tune(args.method, args.data, base, args.trials, args.out, storage=args.storage, name=args.name,
                   study_name=args.study_name, metric=args.metric, sampler_seed=args.sampler_seed,
-                  keep_checkpoints=args.keep_checkpoints, log=lambda line: print(line, flush=True))
-    print(f"this process ran trials {result.ran_trials}; the study has {result.finished_trials} finished")
+                  keep_checkpoints=args.keep_checkpoints, pruner=None if args.no_prune else "median",
+                  log=lambda line: print(line, flush=True))
+    print(f"this process ran trials {result.ran_trials}; the study has {result.finished_trials} finished "
+          f"({result.counts()})")
     print(f"best: val {result.best_value:.4f} (trial {result.best_trial}) {result.best_params}")
-    print(f"wrote {result.config_path}")
+    if result.running_elsewhere:
+        print(f"{'wrote' if result.config_written else 'kept'} {result.config_path} (provisional: trials "
+              f"{result.running_elsewhere} still run in other workers; the last to finish rewrites it)")
+    else:
+        print(f"wrote {result.config_path}" if result.config_written
+              else f"{result.config_path} already holds this configuration")
     return 0
 
 

@@ -7,22 +7,33 @@ processes on several machines work on one study: each ``tune`` process runs ``--
 trials of it (Optuna's ``n_trials`` semantics), the storage numbers them, so none is lost
 or run twice. The best configuration is written as ``OUT/<name>.yaml``, ready for
 ``mmbalance train --config``.
+
+Pruning: each trial reports its validation metric after every epoch through Optuna's
+Lightning callback (``optuna-integration``), and a median pruner (:func:`default_pruner`)
+stops a trial whose value falls below the median of the earlier trials at the same epoch.
+A pruned trial has no value, so it is never selected; selection uses the validation split
+only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import yaml
 
 from ..errors import ConfigError, DataError, NonFiniteLossError
+from .tune_progress import TrialReport, above_bar, stderr_is_terminal
 
 FINISHED_STATES = ("COMPLETE", "FAIL", "PRUNED")
+#: the median pruner's settings (see :func:`default_pruner`)
+PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS, PRUNER_MIN_TRIALS = 5, 2, 3
 
 
 @dataclass
@@ -36,6 +47,18 @@ class TuneResult:
     finished_trials: int
     ran_trials: List[int] = field(default_factory=list)
     config_path: Optional[Path] = None
+    states: Dict[str, int] = field(default_factory=dict)  # study-wide: COMPLETE, PRUNED, FAIL, RUNNING
+    running_elsewhere: List[int] = field(default_factory=list)  # trials other workers still ran
+    config_written: bool = True  # False: the file already held this very configuration
+
+    @property
+    def pruned_trials(self) -> int:
+        return self.states.get("PRUNED", 0)
+
+    def counts(self) -> str:
+        """"4 complete, 1 pruned, 0 failed"."""
+        return ", ".join(f"{self.states.get(s, 0)} {w}" for s, w in
+                         (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed")))
 
 
 def _optuna():
@@ -60,8 +83,6 @@ def open_storage(url: str):
     error in the loser): a file lock serialises that for SQLite files, and a failed
     attempt is retried for any URL.
     """
-    import time
-    import warnings
     optuna = _optuna()
     kwargs = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {}
     for attempt in range(5):
@@ -70,28 +91,86 @@ def open_storage(url: str):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30,
                                                   grace_period=120)
+        except ImportError as exc:  # the URL's database driver (Optuna re-raises SQLAlchemy's)
+            missing = getattr(exc.__cause__, "name", None) or "its database driver"
+            hint = ("pip install 'mmbalance[postgres]'" if url.startswith("postgresql") and missing == "psycopg2"
+                    else f"pip install {missing}")
+            raise ConfigError(f"--storage {shown_url(url)} needs the database driver {missing}: {hint}") from None
         except Exception as exc:  # SQLAlchemy raises many types for a bad URL, a race, a dead server
             error = exc
             time.sleep(0.2 * (attempt + 1))
-    raise ConfigError(f"--storage {url!r} cannot be opened: {str(error).splitlines()[0]}") from None
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise ConfigError(f"--storage {shown_url(url)} cannot be opened: {first}") from None
+
+
+def shown_url(url: str) -> str:
+    """The storage URL with its password hidden, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+        return repr(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # not a URL SQLAlchemy can parse: shown as given
+        return repr(url)
 
 
 @contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    with _file_lock(Path(f"{path}.lock")):
+        yield
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created), for processes sharing a folder."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover
-        fcntl = None
-    if not path or path == ":memory:" or fcntl is None:
         yield
         return
-    with open(f"{path}.lock", "w") as lock:
+    with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def default_pruner():
+    """Optuna's median pruner as ``tune`` uses it: a trial is stopped after an epoch whose
+    validation metric is worse than the median of the other trials' values at that epoch.
+
+    - ``n_startup_trials=5``: nothing is pruned until 5 trials have completed (the median of
+      fewer is noise, and TPE needs complete trials to learn from);
+    - ``n_warmup_steps=2``: epochs are steps 0, 1, ...; no trial is judged before its third
+      epoch, since a small learning rate looks worse early than it ends;
+    - ``n_min_trials=3``: an epoch is judged only when at least 3 trials reported a value
+      there (early stopping leaves few trials at late epochs).
+    """
+    return _optuna().pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                          n_warmup_steps=PRUNER_WARMUP_EPOCHS, n_min_trials=PRUNER_MIN_TRIALS)
+
+
+def _pruning_callback_class():
+    """Optuna's Lightning pruning callback (``optuna-integration``): reports the monitored
+    validation metric after every validation epoch of ``fit`` and raises ``TrialPruned``
+    when the pruner says so. The validation of the best checkpoint after ``fit`` (which
+    gives the trial's value) is not an epoch: it is neither reported nor judged."""
+    _optuna()
+    try:
+        from optuna_integration import PyTorchLightningPruningCallback
+    except ImportError:
+        raise ConfigError("pruning needs optuna-integration: pip install 'mmbalance[tune]' "
+                          "(or tune without pruning: --no-prune)") from None
+
+    class EpochPruning(PyTorchLightningPruningCallback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.state.fn == "fit":
+                super().on_validation_end(trainer, pl_module)
+
+    return EpochPruning
 
 
 def nested(overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -109,7 +188,8 @@ def nested(overrides: Mapping[str, Any]) -> Dict[str, Any]:
 def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out: str | Path, *,
          storage: Optional[str] = None, name: Optional[str] = None, study_name: Optional[str] = None,
          metric: Optional[str] = None, sampler_seed: Optional[int] = None, top_up: bool = False,
-         keep_checkpoints: bool = False, log: Callable[[str], None] = print) -> TuneResult:
+         keep_checkpoints: bool = False, pruner: Any = "median", progress_bar: Optional[bool] = None,
+         log: Callable[[str], None] = print) -> TuneResult:
     """Runs ``trials`` Optuna trials of ``method`` and writes the best configuration.
 
     Args:
@@ -123,7 +203,12 @@ def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out:
         name: label of the output files and default study name (default ``method``).
         metric: validation metric to optimise (default ``trainer.monitor``).
         sampler_seed: TPE seed (leave None when several workers share a study).
+        pruner: ``"median"`` (:func:`default_pruner`), ``None`` (no pruning) or an Optuna pruner.
+        progress_bar: Optuna's progress bar (True) or one ``log`` line per trial with an ETA
+            (False); default: the bar when stderr is a terminal. Either way each trial's
+            result is logged.
     """
+    optuna = _optuna()  # before anything is written: a missing extra fails at once
     from ..config import build_config
     from ..methods import get_method
     from ..training.run import MINIMISED, atomic_write_text
@@ -132,22 +217,34 @@ def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out:
     out.mkdir(parents=True, exist_ok=True)
     name, base = name or method, dict(base)
     metric = metric or build_config(method, data_spec, base, cls.Hyperparameters).trainer.monitor
+    if pruner == "median":
+        pruner = default_pruner()
+    callback_class = _pruning_callback_class() if pruner is not None else None
     study = _open_study(storage or default_storage(out), study_name or name, metric in MINIMISED, sampler_seed,
-                        {"method": method, "data": data_spec, "base": base, "metric": metric})
+                        {"method": method, "data": data_spec, "base": base, "metric": metric},
+                        pruner or optuna.pruners.NopPruner())
     if top_up:
         trials = max(0, trials - _finished(study))
     ran: List[int] = []
     if trials > 0:
+        bar = stderr_is_terminal() if progress_bar is None else progress_bar
+        emit = above_bar(log) if bar else log
         objective = _objective(cls, data_spec, base, metric, out / "trials" / study.study_name, ran,
-                               keep_checkpoints, lambda line: log(f"{name} {line}"))
-        study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,))
-    return _write_best(study, name, method, data_spec, base, metric, out, ran, atomic_write_text)
+                               keep_checkpoints, callback_class)
+        report = TrialReport(trials, metric, lambda line: emit(f"{name} {line}"), eta=not bar)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,), callbacks=[report],
+                           show_progress_bar=bar)
+    with _file_lock(out / f".{name}.lock"):  # one writer at a time, each from a fresh read of the study
+        return _write_best(study, name, method, data_spec, base, metric, out, ran, atomic_write_text)
 
 
-def _open_study(url: str, study_name: str, minimise: bool, sampler_seed: Optional[int], identity: Dict[str, Any]):
+def _open_study(url: str, study_name: str, minimise: bool, sampler_seed: Optional[int], identity: Dict[str, Any],
+                pruner=None):
     optuna = _optuna()
     study = optuna.create_study(storage=open_storage(url), study_name=study_name, load_if_exists=True,
-                                direction="minimize" if minimise else "maximize")
+                                direction="minimize" if minimise else "maximize", pruner=pruner)
     _check_identity(study, identity)
     # Seeded by the trials already done, so that a resumed study does not replay its proposals.
     study.sampler = optuna.samplers.TPESampler(seed=None if sampler_seed is None else sampler_seed + _finished(study))
@@ -155,10 +252,12 @@ def _open_study(url: str, study_name: str, minimise: bool, sampler_seed: Optiona
 
 
 def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_root: Path, ran: List[int],
-               keep_checkpoints: bool, log: Callable[[str], None]) -> Callable:
+               keep_checkpoints: bool, callback_class=None) -> Callable:
     """One trial: the method's search space on top of ``base``, one training run, its
-    validation ``metric``."""
+    validation ``metric`` (reported after every epoch to the pruner when ``callback_class``,
+    the Lightning pruning callback, is given)."""
     from ..config import build_config
+    optuna = _optuna()
 
     def objective(trial) -> float:
         space = cls.search_space(trial)
@@ -169,22 +268,30 @@ def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_roo
         if run_dir.exists():
             shutil.rmtree(run_dir)
         ran.append(trial.number)
-        metrics = _train(cfg, run_dir, keep_checkpoints)
+        pruning = callback_class(trial, monitor=f"val/{metric}") if callback_class else None
+        try:
+            metrics = _train(cfg, run_dir, keep_checkpoints, [pruning] if pruning else [])
+            if pruning is not None:
+                pruning.check_pruned()  # under DDP the callback only flags the trial
+        except optuna.TrialPruned:
+            if run_dir.exists():  # the logs stay, for a look at where it was stopped
+                trial.set_user_attr("run_dir", str(run_dir))
+                if not keep_checkpoints:
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            raise
         if metric not in metrics["val"]:
             raise ConfigError(f"metric {metric!r} is not a validation metric; valid: {', '.join(metrics['val'])}")
         value = float(metrics["val"][metric])
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr(f"test_{metric}", float(metrics["test"].get(metric, float("nan"))))
-        log(f"trial {trial.number}: val {metric} {value:.4f}  "
-            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()))
         return value
 
     return objective
 
 
-def _train(cfg, run_dir: Path, keep_checkpoints: bool) -> Dict[str, Any]:
+def _train(cfg, run_dir: Path, keep_checkpoints: bool, callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
     from ..training import train
-    metrics = train(cfg, run_dir)
+    metrics = train(cfg, run_dir, callbacks=callbacks)
     if not keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return metrics
@@ -209,21 +316,44 @@ def _check_identity(study, identity: Dict[str, Any]) -> None:
 
 def _write_best(study, name: str, method: str, data_spec: str, base: Dict[str, Any], metric: str, out: Path,
                 ran: List[int], write: Callable) -> TuneResult:
+    """Writes ``<name>.yaml`` and ``<name>.json`` from the study as it stands now (a file that
+    already holds the same text is left alone). Trials still running in other workers make
+    it provisional, which its header says; since every worker writes after its own last
+    trial, from a fresh read of the storage, the last one to finish writes the final best."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a killed worker's trial is not "running"
+    trials = study.get_trials(deepcopy=False)
+    states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    running = sorted(t.number for t in trials if t.state.name == "RUNNING")
     try:
         best = study.best_trial
     except ValueError:
-        raise DataError(f"study {study.study_name!r} has no finished trial to take a configuration from") from None
-    config = nested({**base, **best.user_attrs.get("overrides", best.params)})
+        raise DataError(f"study {study.study_name!r} has no completed trial to take a configuration from "
+                        f"({states['PRUNED']} pruned, {states['FAIL']} failed, {states['RUNNING']} running)") from None
+    finished = sum(states[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
+    params = best.user_attrs.get("overrides", best.params)
     path = out / f"{name}.yaml"
-    header = (f"# mmbalance tune: best of {_finished(study)} trials of study {study.study_name!r}\n"
+    header = (f"# mmbalance tune: best of {finished} finished trials ({states['COMPLETE']} complete, "
+              f"{states['PRUNED']} pruned, {states['FAIL']} failed) of study {study.study_name!r}\n"
               f"# method {method}, data {data_spec}, val {metric} = {best.value:.6g} (trial {best.number})\n"
               f"# use: mmbalance train --data {data_spec} --method {method} --config {path}\n")
-    write(path, header + yaml.safe_dump(config, sort_keys=True))
+    if running:
+        header += (f"# provisional: trials {running} were still running in other workers; the last worker "
+                   f"to finish rewrites this file\n")
     info = {"method": method, "data": data_spec, "study": study.study_name, "metric": metric,
             "direction": study.direction.name.lower(), "best_value": best.value, "best_trial": best.number,
-            "params": best.user_attrs.get("overrides", best.params), "trials": _finished(study)}
-    write(out / f"{name}.json", json.dumps(info, indent=2, default=str))
-    return TuneResult(name, float(best.value), dict(info["params"]), best.number, info["trials"], ran, path)
+            "params": params, "trials": finished, "complete": states["COMPLETE"], "pruned": states["PRUNED"],
+            "failed": states["FAIL"], "running": running}
+    written = False
+    for target, text in ((path, header + yaml.safe_dump(nested({**base, **params}), sort_keys=True)),
+                         (out / f"{name}.json", json.dumps(info, indent=2, default=str))):
+        if not target.exists() or target.read_text() != text:
+            write(target, text)
+            written = True
+    return TuneResult(name, float(best.value), dict(params), best.number, finished, ran, path, states, running,
+                      written)
 
 
 @dataclass(frozen=True)
@@ -241,7 +371,8 @@ class TuneTask:
 
 def _run_task(task: TuneTask) -> TuneResult:
     return tune(task.method, task.data_spec, dict(task.base), task.trials, task.out, name=task.name,
-                sampler_seed=task.sampler_seed, top_up=True, log=lambda line: print(line, flush=True))
+                sampler_seed=task.sampler_seed, top_up=True, progress_bar=False,  # workers share the terminal
+                log=lambda line: print(line, flush=True))
 
 
 def run_tasks(tasks: List[TuneTask], workers: int = 1) -> List[TuneResult]:

@@ -120,7 +120,8 @@ def _read_h5(path: Path) -> Dict[str, object]:
     try:
         import h5py
     except ImportError:
-        raise DataError("reading .h5 needs h5py: pip install 'mmbalance[h5]'") from None
+        raise DataError("reading .h5 needs h5py, a dependency of mmbalance that is missing here: "
+                        "pip install h5py") from None
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

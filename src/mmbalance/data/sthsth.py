@@ -157,7 +157,8 @@ def _open_h5(path: Path):
     try:
         import h5py
     except ImportError:
-        raise DataError("reading Something-Something needs h5py: pip install 'mmbalance[h5]'") from None
+        raise DataError("reading Something-Something needs h5py, a dependency of mmbalance that is missing here: "
+                        "pip install h5py") from None
     if not path.is_file():
         raise DataError(f"{path} does not exist (expected an HDF5 file of JPEG-encoded frames per video id)")
     try:
