@@ -170,7 +170,8 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
         stage_dir = out.stage(stage.name)
         if cfg.trainer.stage_cache:
             cached = RunDir(Path(cfg.trainer.stage_cache) / f"{stage.name}-{stage_key(stage_cfg)}")
-            waiting = lambda: say(cfg, f"{name}: waiting for another process training it into {cached.path}")  # noqa: E731
+            def waiting(name=name, cached=cached) -> None:
+                say(cfg, f"{name}: waiting for another process training it into {cached.path}")
             with _locked(cached.path.with_name(cached.path.name + ".lock"), on_wait=waiting):
                 trained = not cached.is_finished()
                 if trained:
@@ -190,8 +191,8 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
                 results[stage.name] = stage_dir.read_metrics()
         score = results[stage.name].get("val", {}).get(cfg.trainer.monitor)
         shown = "" if score is None else f"; val {cfg.trainer.monitor} {score:.4f}"
-        say(cfg, f"{name}: " + (f"done in {time.perf_counter() - start:.1f} s" if trained else "reused, already trained")
-            + shown)
+        done = f"done in {time.perf_counter() - start:.1f} s" if trained else "reused, already trained"
+        say(cfg, f"{name}: {done}{shown}")
     if plan:
         say(cfg, f"stages done; training {run_label(cfg)}" if get_method(cfg.method).trains_final
             else "stages done; combining them")
