@@ -117,6 +117,52 @@ def test_verdict_in_plain_words():
     from mmbalance.analysis.diagnose import verdict
     assert verdict(_diag([0.20, 0.15], [0.6, 0.5])).startswith("Balanced")
     text = verdict(_diag([0.40, 0.02], [0.7, 0.55]))
-    assert text.startswith("a dominates: it holds 95%") and "(0.400 vs 0.020 for b, 20.0x)" in text
-    assert "b's own features reach 55.0% with a linear probe (chance 20.0%)" in text
+    # in the table's units: Shapley values in accuracy points, accuracies in %
+    assert text.startswith("a dominates: it holds 95%") and "(40.00 vs 2.00 points for b, 20.0x)" in text
+    assert "b's own features reach 55.00% with a linear probe (chance 20.0%)" in text
     assert "not encoded" not in text and verdict(_diag([0.0, 0.0], [0.2, 0.2])).startswith("No verdict")
+
+
+def test_verdict_numbers_appear_in_the_table(tmp_path):
+    """Every Shapley value the verdict quotes is printed the same way in the table."""
+    from mmbalance.analysis.diagnose import verdict
+    d = _diag([0.40, 0.02], [0.7, 0.55])
+    d.verdict = verdict(d)
+    write_diagnosis(d, tmp_path)
+    table = (tmp_path / "diagnosis.md").read_text().split("| modality |", 1)[1]
+    for r in d.modalities:
+        assert f"{100 * r.shapley:.2f}" in d.verdict and f"| {100 * r.shapley:.2f} |" in table
+    d = _diag([0.0, 0.0], [0.2, 0.2])
+    d.verdict = verdict(d)
+    assert f"accuracy {100 * d.empty_score:.2f}% vs {100 * d.full_score:.2f}%" in d.verdict
+
+
+@pytest.mark.parametrize("heads", [True, False])
+def test_plot_keeps_title_and_legend_clear_of_the_bars(heads):
+    import math
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from mmbalance.analysis.diagnose import figure, verdict
+    d = _diag([0.40, 0.02], [0.9, 0.95])  # probes near the top of their panel, where a legend would sit
+    for i, r in enumerate(d.modalities, 1):
+        r.head_score = 0.93 if heads else None
+        r.permutation_divergence, r.permutation_drop = 0.01 * i, 0.05 * i
+    d.verdict = verdict(d)
+    fig = figure(d)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        bars = [b for ax in fig.axes for p in ax.patches if isinstance(p, Rectangle)
+                for b in [p.get_window_extent(renderer)] if math.isfinite(b.y1) and b.height]
+        assert len(bars) == 2 * 3 + (4 if heads else 2)
+        texts = [fig._suptitle, *(ax.title for ax in fig.axes), *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+        assert len(texts) == 1 + 4 + 1
+        for artist in texts:
+            box = artist.get_window_extent(renderer)
+            assert not any(b.x0 < box.x1 and box.x0 < b.x1 and b.y0 < box.y1 and box.y0 < b.y1 for b in bars), artist
+        legend = fig.axes[3].get_legend()
+        assert sorted(t.get_text() for t in legend.get_texts()) == sorted(
+            (["unimodal head"] if heads else []) + ["linear probe", "chance (majority class)"])
+        assert "a dominates" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)

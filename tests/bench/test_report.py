@@ -86,6 +86,16 @@ def test_single_seed_tables_print_no_interval_and_no_best():
     assert not any("±" in line or "**" in line for line in rows) and "no best marked" in text
 
 
+def test_single_seed_compare_report_prints_no_interval_and_no_best(tmp_path):
+    """``bench compare`` (one setting off the grid, ``--seeds 0``): the same rule in every table."""
+    rows = [{**r, "shared": "", "unique1": "", "data": "mfeat"} for r in ROWS if r["shared"] == "0.8" and r["seed"] == "0"]
+    write_report(rows, tmp_path, METHODS, title="mfeat")
+    text = (tmp_path / "summary.md").read_text()
+    table_rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert table_rows and not any("±" in line or "**" in line for line in table_rows)
+    assert "| mcr | 70.00 (n=1) |" in table_rows and "no best marked" in text
+
+
 def test_report_files_with_and_without_an_ensemble(tmp_path):
     written = write_report(ROWS, tmp_path, ceilings=CEILINGS)
     assert [p.name for p in written] == ["summary.md", "accuracy_vs_ratio.png", "delta_vs_ensemble.png"]

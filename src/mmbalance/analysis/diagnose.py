@@ -133,15 +133,23 @@ def _only_share(m: str, probe_ok: Dict[str, torch.Tensor], fused_ok: torch.Tenso
     return float((only & ~fused_ok).float().mean())
 
 
+def _units(d: Diagnosis):
+    """(scale, unit) of the scores as the table prints them: accuracy in % / points, or −MSE."""
+    return (1.0, "−MSE") if d.task == "regression" else (100.0, "accuracy")
+
+
 def verdict(d: Diagnosis) -> str:
-    """One paragraph in plain words: balanced, or which modality dominates and by how much."""
+    """One paragraph in plain words: balanced, or which modality dominates and by how much.
+    Its numbers are in the table's units: accuracy in % (points for Shapley values), or −MSE."""
     regression = d.task == "regression"
-    unit = "−MSE" if regression else "accuracy"
+    pct, unit = _units(d)
+    points = "" if regression else " points"
+    score = (lambda v: f"{v:.3f}") if regression else (lambda v: f"{100 * v:.2f}%")  # noqa: E731
     gain = d.full_score - d.empty_score
     reports = sorted(d.modalities, key=lambda r: r.shapley, reverse=True)
     if gain <= (1e-6 if regression else 0.01):
         return (f"No verdict: with every modality masked the model scores as well as with all of them "
-                f"({unit} {d.empty_score:.3f} vs {d.full_score:.3f}); it has learned nothing to attribute.")
+                f"({unit} {score(d.empty_score)} vs {score(d.full_score)}); it has learned nothing to attribute.")
     positive = {r.modality: max(r.shapley, 0.0) for r in reports}
     total = sum(positive.values()) or 1.0
     top, low = reports[0], reports[-1]
@@ -153,15 +161,15 @@ def verdict(d: Diagnosis) -> str:
     else:
         times = "all" if ratio == float("inf") else f"{ratio:.1f}x"
         text = (f"{top.modality} dominates: it holds {100 * positive[top.modality] / total:.0f}% of the zero-masking "
-                f"Shapley value ({top.shapley:.3f} vs {round(low.shapley, 3) + 0.0:.3f} for {low.modality}, {times}); "
-                f"permuting its "
+                f"Shapley value ({pct * top.shapley:.2f} vs {round(pct * low.shapley, 2) + 0.0:.2f}{points} "
+                f"for {low.modality}, {times}); permuting its "
                 f"latent moves the fused prediction by {top.permutation_divergence:.4f} "
                 f"({'squared change' if regression else 'JSD'}) against {low.permutation_divergence:.4f}.")
     for r in reports[1:]:
         if not r.used:
             text += f" The method does not encode {r.modality} at all."
         elif d.chance is not None and r.probe_score > d.chance + 0.05 and positive[r.modality] / total < 0.25:
-            text += (f" {r.modality}'s own features reach {100 * r.probe_score:.1f}% with a linear probe "
+            text += (f" {r.modality}'s own features reach {100 * r.probe_score:.2f}% with a linear probe "
                      f"(chance {100 * d.chance:.1f}%), yet the fusion barely uses them: {100 * (r.unused_share or 0):.1f}% "
                      f"of test samples are right for the {r.modality} probe alone but wrong for the fused model.")
     return text
@@ -204,7 +212,14 @@ def write_diagnosis(d: Diagnosis, out: str | Path) -> List[Path]:
     return [out / "diagnosis.md", out / "diagnosis.json", out / "diagnosis.png"]
 
 
-def _plot(d: Diagnosis, path: Path) -> None:
+def headline(d: Diagnosis) -> str:
+    """The verdict's first words ("x1 dominates", "Balanced", "No verdict")."""
+    return d.verdict.split(":", 1)[0] if d.verdict else ""
+
+
+def figure(d: Diagnosis):
+    """The diagnosis plot: four panels of bars; the title (method and :func:`headline`) and
+    the legend sit outside the axes, clear of every bar. Returns the matplotlib Figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -215,21 +230,30 @@ def _plot(d: Diagnosis, path: Path) -> None:
     panels = [("Shapley (zero-masking)" + unit, [pct * r.shapley for r in d.modalities]),
               ("permutation " + ("Δ²" if reg else "JSD"), [r.permutation_divergence for r in d.modalities]),
               ("permutation drop" + unit, [pct * r.permutation_drop for r in d.modalities])]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
     for ax, (title, vals) in zip(axes, panels):
         ax.bar(names, vals, color="#4c72b0")
         ax.set_title(title, fontsize=9)
         ax.axhline(0, color="black", lw=0.8)
     x = np.arange(len(names))
-    heads = [pct * r.head_score if r.head_score is not None else 0.0 for r in d.modalities]
-    axes[3].bar(x - 0.2, heads, 0.4, label="unimodal head")
-    axes[3].bar(x + 0.2, [pct * r.probe_score for r in d.modalities], 0.4, label="linear probe")
+    heads = [pct * r.head_score if r.head_score is not None else float("nan") for r in d.modalities]
+    pair = any(r.head_score is not None for r in d.modalities)  # joint has no heads: the probes alone
+    if pair:
+        axes[3].bar(x - 0.2, heads, 0.4, label="unimodal head")
+    axes[3].bar(x + 0.2 if pair else x, [pct * r.probe_score for r in d.modalities], 0.4 if pair else 0.6,
+                label="linear probe", color="#dd8452")
     axes[3].set_xticks(x, names)
     axes[3].set_title("unimodal " + ("−MSE" if reg else "accuracy (%)"), fontsize=9)
     if d.chance is not None:
-        axes[3].axhline(100 * d.chance, color="red", ls="--", lw=1, label="chance")
-    axes[3].legend(fontsize=7)
-    fig.suptitle(f"{d.method}: {d.verdict[:110]}{'…' if len(d.verdict) > 110 else ''}", fontsize=8)
+        axes[3].axhline(100 * d.chance, color="red", ls="--", lw=1, label="chance (majority class)")
+    axes[3].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0)
+    fig.suptitle(f"{d.method}: {headline(d)} (verdict and table: diagnosis.md)", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _plot(d: Diagnosis, path: Path) -> None:
+    fig = figure(d)
+    import matplotlib.pyplot as plt
     fig.savefig(path, dpi=120)
     plt.close(fig)

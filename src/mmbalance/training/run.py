@@ -33,6 +33,8 @@ from .loggers import build_loggers
 from .options import check_trainer
 from .module import BalanceModule
 from .probe import final_probe, probe_callbacks, probe_metrics
+from .progress import EpochLines, run_label, say, use_bar
+from .quiet import IGNORED_WARNINGS, drop_lightning_chatter
 
 MINIMISED = ("mae", "mse")
 __all__ = ["MINIMISED", "atomic_write_text", "train"]
@@ -63,6 +65,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, callbacks: 
         The metrics written to ``metrics.json``.
     """
     check_trainer(cfg.trainer)
+    drop_lightning_chatter()
     out = RunDir(out_dir)
     created = not out.path.exists()
     try:
@@ -93,6 +96,7 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     out.mkdir()
     out.write_config(record(cfg))
     out.write_inputs(data.input_spec().to_dict())  # load_run rebuilds the model from it, without the data
+    _say_start(cfg, data, out, plan, resume and last.exists())
     stages = _run_stages(cfg, plan, out, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the data is built once, above:
     method = build_method(cfg, build_model(data, cfg))         # its randomness is per item, not per build
@@ -104,14 +108,15 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     trainer, checkpoint = _trainer(cfg, out, callbacks)
     start = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|ckpt_path|LeafSpec|not resumable"
-                                "|exists and is not empty).*")
+        warnings.filterwarnings("ignore", message=IGNORED_WARNINGS)
         if method_cls.trains_final:
             trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
         raise_if_stopped(trainer.current_epoch, trainer.global_step, trainer.global_rank)
         seconds = time.perf_counter() - start
         nonfinite_steps = module.nonfinite_steps  # loading the best checkpoint restores an older count
         best = checkpoint.best_model_path or None
+        say(cfg, (f"trained in {seconds:.1f} s; " if method_cls.trains_final else "")
+            + f"scoring the {'best checkpoint' if best else 'model'} on val and test")
         val = trainer.validate(module, val_dl, ckpt_path=best, verbose=False)[0]
         test = trainer.test(module, test_dl, ckpt_path=best, verbose=False)[0]
     metrics = {
@@ -126,12 +131,24 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
                              for name, m in stages.items()}
     metrics.update(probe_metrics(trainer))
     if cfg.trainer.final_probe:  # the model holds the best checkpoint's weights since test()
+        say(cfg, "fitting a linear probe on each modality's frozen features")
         metrics["probe"] = final_probe(module.method.model, data)
     _flag_nonfinite(metrics)
     if trainer.is_global_zero:  # every test row once, in order, whatever the strategy
         out.write_predictions(module.method, DataLoader(data.test, batch_size=cfg.data.batch_size))
         out.write_metrics(metrics)
     return metrics
+
+
+def _say_start(cfg: RunConfig, data, out: RunDir, plan: List[Stage], resuming: bool) -> None:
+    """The run's first line: what trains on how much data, where, and what comes first."""
+    sizes = " / ".join(f"{len(split)} {name}" for name, split in
+                       (("train", data.train), ("val", data.val), ("test", data.test)))
+    t = cfg.trainer
+    first = f"; first {len(plan)} stage{'s' if len(plan) > 1 else ''} ({', '.join(s.name for s in plan)})" \
+        if plan else ""
+    say(cfg, f"{'resuming' if resuming else 'training'} on {cfg.data_spec} ({sizes} rows), at most "
+             f"{t.max_epochs} epochs on {t.accelerator} x{t.devices}{first} -> {out.path}")
 
 
 def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) -> Dict[str, Dict[str, Any]]:
@@ -142,7 +159,9 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
     run's ``stages/<stage>`` links to it, so a sweep trains each unimodal model once for all
     the methods that start from it; a lock makes parallel workers wait for one another."""
     results: Dict[str, Dict[str, Any]] = {}
-    for stage in plan:
+    for number, stage in enumerate(plan, 1):
+        start = time.perf_counter()
+        name = f"stage {number}/{len(plan)} {stage.name}"
         stage_method = get_method(stage.method)
         stage_cfg = dataclasses.replace(cfg, method=stage.method,
                                         hparams=stage_method.Hyperparameters(**stage.hparams))
@@ -152,18 +171,32 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
         stage_dir = out.stage(stage.name)
         if cfg.trainer.stage_cache:
             cached = RunDir(Path(cfg.trainer.stage_cache) / f"{stage.name}-{stage_key(stage_cfg)}")
-            with _locked(cached.path.with_name(cached.path.name + ".lock")):
-                if not cached.is_finished():
+            def waiting(name=name, cached=cached) -> None:
+                say(cfg, f"{name}: waiting for another process training it into {cached.path}")
+            with _locked(cached.path.with_name(cached.path.name + ".lock"), on_wait=waiting):
+                trained = not cached.is_finished()
+                if trained:
+                    say(cfg, f"{name}: training {run_label(stage_cfg)} into the stage cache")
                     train(stage_cfg, cached.path, resume=cached.last_checkpoint.exists())
             stage_dir.link_to(cached)
             results[stage.name] = cached.read_metrics()
         else:  # a finished stage is reused only when its configuration is the same one
             key = stage_key(stage_cfg)
-            if resume and stage_dir.is_finished() and stage_dir.read_stage_key() == key:
+            trained = not (resume and stage_dir.is_finished() and stage_dir.read_stage_key() == key)
+            if trained:
+                stage_dir.mkdir().write_stage_key(key)
+                say(cfg, f"{name}: training {run_label(stage_cfg)}")
+                results[stage.name] = train(stage_cfg, stage_dir.path,
+                                            resume=resume and stage_dir.last_checkpoint.exists())
+            else:
                 results[stage.name] = stage_dir.read_metrics()
-                continue
-            stage_dir.mkdir().write_stage_key(key)
-            results[stage.name] = train(stage_cfg, stage_dir.path, resume=resume and stage_dir.last_checkpoint.exists())
+        score = results[stage.name].get("val", {}).get(cfg.trainer.monitor)
+        shown = "" if score is None else f"; val {cfg.trainer.monitor} {score:.4f}"
+        done = f"done in {time.perf_counter() - start:.1f} s" if trained else "reused, already trained"
+        say(cfg, f"{name}: {done}{shown}")
+    if plan:
+        say(cfg, f"stages done; training {run_label(cfg)}" if get_method(cfg.method).trains_final
+            else "stages done; combining them")
     return results
 
 
@@ -182,10 +215,15 @@ def stage_key(cfg: RunConfig) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def _locked(path: Path, on_wait=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another worker holds it: say so, then wait
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -200,13 +238,16 @@ def _trainer(cfg: RunConfig, out: RunDir, extra: Sequence[Any] = ()):
                                 save_last=False, save_top_k=1, enable_version_counter=False)
     last = LastCheckpoint(out.last_checkpoint, t.checkpoint_every_n_steps, t.checkpoint_every_minutes)
     callbacks = [checkpoint, last, *probe_callbacks(cfg, out.path), *extra]
+    bar = t.progress and use_bar()  # a redrawn bar on a terminal; one line per epoch anywhere else
+    if t.progress and not bar:
+        callbacks.append(EpochLines(run_label(cfg), monitor, mode))
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=t.patience))
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=_strategy(cfg),
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks,
         logger=build_loggers(t.logger, str(out.path), out.path.name, record(cfg)), num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress,  # clipping: BalanceModule
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=bar,  # clipping: BalanceModule
         enable_model_summary=False, log_every_n_steps=t.log_every_n_steps, default_root_dir=str(out.path))
     return trainer, checkpoint
 
