@@ -5,7 +5,8 @@ pyproject.toml plus a generated setup.cfg), so runs do not share mutmut's state 
 one sees only its own tests. Prints mutmut's per-module counts; ``mutmut results`` in the
 directory lists the survivors and ``mutmut show NAME`` shows one.
 
-Usage: python tests/mutation.py [losses] [methods] [arrays] [rundir]
+Usage: python tests/mutation.py [-j N] [losses] [methods] [arrays] [rundir]
+(``-j N``: N mutmut worker processes, default the CPU count; ``MUTATION_JOBS`` sets it too.)
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def prepare(name: str) -> Path:
     return work
 
 
-def main(names) -> int:
+def main(names, jobs: int) -> int:
     mutmut = Path(sys.executable).with_name("mutmut")
     mutmut = str(mutmut) if mutmut.exists() else "mutmut"
     summary = {}
@@ -63,15 +64,25 @@ def main(names) -> int:
                 if p and Path(p).resolve() != (ROOT / "src").resolve()]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(keep))
         print(f"== mutmut: {name} in {work}", flush=True)
-        subprocess.run([mutmut, "run", "--max-children", str(os.cpu_count() or 2)], cwd=work, env=env)
+        subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env)
         stats = work / "mutants" / "mutmut-cicd-stats.json"
         subprocess.run([mutmut, "export-cicd-stats"], cwd=work, env=env, capture_output=True)
         if stats.exists():
             summary[name] = json.loads(stats.read_text())
             print(name, summary[name], flush=True)
-    (ROOT / ".mutation" / "summary.json").write_text(json.dumps(summary, indent=1))
+    out = ROOT / ".mutation" / "summary.json"  # modules run before, alone, keep their counts
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**earlier, **summary}, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=", ".join(MODULES) + " (default: all)")
+    parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", os.cpu_count() or 2)))
+    args = parser.parse_args()
+    if set(args.modules) - set(MODULES):
+        parser.error(f"unknown module(s) {sorted(set(args.modules) - set(MODULES))}; valid: {', '.join(MODULES)}")
+    sys.exit(main(args.modules, args.jobs))
