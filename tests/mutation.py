@@ -30,7 +30,8 @@ MODULES = {
                  "tests/methods/test_mmcosine.py", "tests/methods/test_mslr.py", "tests/methods/test_ogm.py",
                  "tests/methods/test_ogm_ge.py", "tests/methods/test_pmr.py",
                  "tests/methods/test_regression_loss.py"]),
-    "arrays": (["src/mmbalance/data/arrays.py"], ["tests/data/test_user_arrays.py"]),
+    "arrays": (["src/mmbalance/data/arrays.py"],
+               ["tests/data/test_user_arrays.py", "tests/data/test_arrays_contract.py"]),
     "rundir": (["src/mmbalance/engine/rundir.py"], ["tests/training/test_run.py", "tests/training/test_interrupt.py"]),
 }
 
