@@ -22,7 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module -> (files to mutate, fast tests that cover them)
 MODULES = {
-    "losses": (["src/mmbalance/losses/*"], ["tests/losses"]),
+    "losses": (["src/mmbalance/losses/*"],
+               # MIPD._chunked (the chunk_size path) is driven only by the bench tests: without
+               # these two, mutmut rightly finds no test for its mutants
+               ["tests/losses", "tests/bench/test_speed.py::test_chunked_mipd_equals_one_pass",
+                "tests/bench/test_speed.py::test_chunked_regression_and_nonlinear_fusion_match",
+                "tests/bench/test_speed.py::test_chunk_size_is_validated"]),
     "methods": (["src/mmbalance/methods/*"],
                 # the fast method tests; test_init.py and test_pipelines.py train stage models for
                 # minutes per run and are left out
