@@ -239,3 +239,12 @@ def test_forward_terms_logs_and_first_use_warning():
     double = type(out)(out.logits.double(), out.unimodal_logits, out.features)
     none = MCRLoss(mipd_weight=0.0, contrastive_weight=0.0).bind(model)(model, double, y)
     assert {k: (v.dtype, v.item()) for k, v in none.terms.items()} == {k: (torch.float32, 0.0) for k in ("mipd", "contrastive", "ceb")}
+
+
+def test_three_modalities_log_keys_and_no_contrastive_at_weight_zero():
+    torch.manual_seed(0)  # feature sizes 4, 6, 5: a contrastive term would need projections, and none are built
+    model = MultimodalModel({"a": MLPEncoder(5, 4, 6, 1), "v": MLPEncoder(7, 6, 6, 1), "t": MLPEncoder(3, 5, 6, 1)}, 3)
+    x = {"a": torch.randn(B, 5), "v": torch.randn(B, 7), "t": torch.randn(B, 3)}
+    terms = MCRLoss(num_permutations=P, contrastive_weight=0.0).bind(model)(model, model(x), torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert set(terms.logs) == {"mipd/a", "mipd/v", "mipd/t", "mipd/a+v", "mipd/a+t", "mipd/v+t"}
+    assert terms.terms["contrastive"].item() == 0.0
