@@ -5,7 +5,8 @@ pyproject.toml plus a generated setup.cfg), so runs do not share mutmut's state 
 one sees only its own tests. Prints mutmut's per-module counts; ``mutmut results`` in the
 directory lists the survivors and ``mutmut show NAME`` shows one.
 
-Usage: python tests/mutation.py [losses] [methods] [arrays] [rundir]
+Usage: python tests/mutation.py [-j N] [losses] [methods] [arrays] [rundir]
+(``-j N``: N mutmut worker processes, default the CPU count; ``MUTATION_JOBS`` sets it too.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module -> (files to mutate, fast tests that cover them)
 MODULES = {
-    "losses": (["src/mmbalance/losses/*"], ["tests/losses"]),
+    "losses": (["src/mmbalance/losses/*"],
+               # MIPD._chunked (the chunk_size path) is driven only by the bench tests: without
+               # these two, mutmut rightly finds no test for its mutants
+               ["tests/losses", "tests/bench/test_speed.py::test_chunked_mipd_equals_one_pass",
+                "tests/bench/test_speed.py::test_chunked_regression_and_nonlinear_fusion_match",
+                "tests/bench/test_speed.py::test_chunk_size_is_validated"]),
     "methods": (["src/mmbalance/methods/*"],
                 # the fast method tests; test_init.py and test_pipelines.py train stage models for
                 # minutes per run and are left out
@@ -29,7 +35,8 @@ MODULES = {
                  "tests/methods/test_mmcosine.py", "tests/methods/test_mslr.py", "tests/methods/test_ogm.py",
                  "tests/methods/test_ogm_ge.py", "tests/methods/test_pmr.py",
                  "tests/methods/test_regression_loss.py"]),
-    "arrays": (["src/mmbalance/data/arrays.py"], ["tests/data/test_user_arrays.py"]),
+    "arrays": (["src/mmbalance/data/arrays.py"],
+               ["tests/data/test_user_arrays.py", "tests/data/test_arrays_contract.py"]),
     "rundir": (["src/mmbalance/engine/rundir.py"], ["tests/training/test_run.py", "tests/training/test_interrupt.py"]),
 }
 
@@ -52,7 +59,7 @@ def prepare(name: str) -> Path:
     return work
 
 
-def main(names) -> int:
+def main(names, jobs: int) -> int:
     mutmut = Path(sys.executable).with_name("mutmut")
     mutmut = str(mutmut) if mutmut.exists() else "mutmut"
     summary = {}
@@ -63,15 +70,25 @@ def main(names) -> int:
                 if p and Path(p).resolve() != (ROOT / "src").resolve()]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(keep))
         print(f"== mutmut: {name} in {work}", flush=True)
-        subprocess.run([mutmut, "run", "--max-children", str(os.cpu_count() or 2)], cwd=work, env=env)
+        subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env)
         stats = work / "mutants" / "mutmut-cicd-stats.json"
         subprocess.run([mutmut, "export-cicd-stats"], cwd=work, env=env, capture_output=True)
         if stats.exists():
             summary[name] = json.loads(stats.read_text())
             print(name, summary[name], flush=True)
-    (ROOT / ".mutation" / "summary.json").write_text(json.dumps(summary, indent=1))
+    out = ROOT / ".mutation" / "summary.json"  # modules run before, alone, keep their counts
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**earlier, **summary}, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=", ".join(MODULES) + " (default: all)")
+    parser.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", os.cpu_count() or 2)))
+    args = parser.parse_args()
+    if set(args.modules) - set(MODULES):
+        parser.error(f"unknown module(s) {sorted(set(args.modules) - set(MODULES))}; valid: {', '.join(MODULES)}")
+    sys.exit(main(args.modules, args.jobs))

@@ -69,3 +69,31 @@ def test_module_is_weighted_term_with_detached_logits():
     expected = 0.5 * ceb(term.head(out.logits.detach()), [out.features["a"], out.features["b"]])
     assert term(out).item() == pytest.approx(expected.item())
     assert term.head.net[2].weight.shape == (6, 3)  # sum D_m = 6, hidden = mean D_m = 3
+
+
+class _Stub(torch.nn.Module):
+    """What CEB.bind reads from a model: feature_dims, num_classes and a parameter's device."""
+
+    def __init__(self, feature_dims, num_classes, device="cpu"):
+        super().__init__()
+        self.feature_dims, self.num_classes = feature_dims, num_classes
+        self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+
+
+def _layers(term):
+    first, _, last = term.head.net
+    return (first.in_features, first.out_features), (last.in_features, last.out_features)
+
+
+def test_bind_and_hidden_size():
+    from mmbalance import CEB
+    term = CEB()
+    assert term.bind(_Stub({"a": 4, "v": 7}, 3)) is term
+    assert _layers(term) == ((3, 6), (6, 11))  # hidden = round((4 + 7) / 2) = round(5.5) = 6
+    head = term.head
+    term.bind(_Stub({"a": 9, "v": 9}, 5))  # built already: kept
+    assert term.head is head
+    assert _layers(CEB().bind(_Stub({"a": 1, "v": 1}, 2))) == ((2, 1), (1, 2))  # hidden = max(1, 1)
+    assert _layers(CEB(hidden=16).bind(_Stub({"a": 4, "v": 7}, 3))) == ((3, 16), (16, 11))
+    meta = CEB().bind(_Stub({"a": 4, "v": 4}, 3, device="meta"))  # moved to the model's device
+    assert meta.head.net[0].weight.device.type == "meta"

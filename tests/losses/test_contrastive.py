@@ -167,3 +167,36 @@ def test_module_weight_and_projections():
     assert con(feats, labels).item() == pytest.approx(0.3 * supervised_contrastive(list(feats.values()), labels).item())
     con = SupervisedContrastive(feature_dims={"a": 4, "v": 7})
     assert con.projections["v"].in_features == 7 and con.projections["v"].out_features == 4
+
+
+class _Stub(torch.nn.Module):
+    """What bind reads from a model: feature_dims and a parameter's device."""
+
+    def __init__(self, feature_dims, device="cpu"):
+        super().__init__()
+        self.feature_dims = feature_dims
+        self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+
+
+def test_bind_builds_projections_once_on_the_models_device():
+    from mmbalance import SupervisedContrastive
+    con = SupervisedContrastive(projection_dim=3)
+    assert not con.built and con.projections is None
+    assert con.bind(_Stub({"a": 4, "v": 7})) is con and con.built
+    assert {m: (p.in_features, p.out_features) for m, p in con.projections.items()} == {"a": (4, 3), "v": (7, 3)}
+    first = con.projections
+    con.bind(_Stub({"a": 5, "v": 9}))  # already built: kept
+    assert con.projections is first and con.projections["a"].in_features == 4
+    same = SupervisedContrastive().bind(_Stub({"a": 4, "v": 4}))
+    assert same.built and same.projections is None  # equal sizes: no projection
+    meta = SupervisedContrastive().bind(_Stub({"a": 4, "v": 6}, device="meta"))  # moved to the model's device
+    assert meta.projections["v"].weight.device.type == "meta" and meta.projections["v"].out_features == 4
+
+
+def test_module_passes_cross_modal_only(batch):
+    from mmbalance import SupervisedContrastive
+    feats, labels = batch
+    named = {"a": feats[0], "v": feats[1]}
+    eq15 = supervised_contrastive(feats, labels, 0.5, cross_modal_only=True).item()
+    assert eq15 != pytest.approx(supervised_contrastive(feats, labels, 0.5).item(), rel=1e-3)  # the two forms differ here
+    assert SupervisedContrastive(weight=2.0, cross_modal_only=True)(named, labels).item() == pytest.approx(2 * eq15, rel=1e-6)

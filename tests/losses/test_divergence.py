@@ -106,3 +106,12 @@ def test_properties(data):
     assert 0.0 <= pq.item() <= math.log(2) + 1e-7
     assert pq.item() == pytest.approx(qp.item(), abs=1e-6)
     assert jensen_shannon_per_sample(p, p.clone()).item() == 0.0
+
+
+def test_masked_mean_of_nothing_is_zero_and_of_one_row_is_that_row():
+    from mmbalance.losses.divergence import masked_mean
+    assert masked_mean(torch.zeros(0)).item() == 0.0  # not the nan of an empty mean
+    values = torch.tensor([2.0, 4.0, 6.0])
+    assert masked_mean(values, torch.tensor([False, True, False])).item() == 4.0
+    assert masked_mean(values, torch.tensor([False, False, False])).item() == 0.0
+    assert masked_mean(values).item() == 4.0

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmbalance import MCRLoss, MLPEncoder, MultimodalModel
-from mmbalance.losses import jensen_shannon, sample_permutations
+from mmbalance.losses import jensen_shannon, sample_permutations, supervised_contrastive
 
 B, P = 6, 4
 K = {"collaborative": 1.0, "independent": 0.0, "greedy": -1.0}
@@ -183,3 +183,68 @@ def test_learnability_total_falls_over_20_steps():
         totals.append(terms.total.item())
     assert totals[-1] < totals[0] - 0.1
     assert sum(totals[-3:]) / 3 < sum(totals[:3]) / 3
+
+
+def test_defaults_and_options_reach_the_parts():
+    from mmbalance import ConfigError
+    loss = MCRLoss()
+    assert (loss.mipd.strategy, loss.mipd.weight, loss.mipd.num_permutations, loss.mipd.detach_reference,
+            loss.mipd.noise_std, loss.mipd.decompose) == ("greedy", 0.1, 32, False, 1.0, True)
+    assert (loss.contrastive.weight, loss.contrastive.temperature, loss.contrastive.cross_modal_only,
+            loss.ceb.weight, loss.ceb.hidden) == (1.0, 0.5, False, 0.0, None)
+    loss = MCRLoss(detach_reference=True, decompose=False, cross_modal_only=True, projection_dim=3, ceb_hidden=5)
+    assert loss.mipd.detach_reference is True and loss.mipd.decompose is False
+    assert loss.contrastive.cross_modal_only is True and loss.contrastive.projection_dim == 3 and loss.ceb.hidden == 5
+    for name in ("mipd_weight", "contrastive_weight", "ceb_weight"):
+        with pytest.raises(ConfigError) as info:
+            MCRLoss(**{name: -1.0})
+        assert str(info.value) == f"MCRLoss {name} must be >= 0, got -1.0"
+
+
+def test_heads_built_eagerly_only_with_both_sizes_and_only_for_positive_weights():
+    dims = {"a": 4, "v": 7}
+    eager = MCRLoss(ceb_weight=1.0, projection_dim=3, feature_dims=dims, num_classes=3)
+    assert eager._built and eager.projections["v"].in_features == 7 and eager.ceb_head.net[0].in_features == 3
+    for kwargs in ({"feature_dims": dims}, {"num_classes": 3}):
+        lazy = MCRLoss(ceb_weight=1.0, **kwargs)
+        assert not lazy._built and lazy.projections is None and lazy.ceb_head is None
+    off = MCRLoss(contrastive_weight=0.0, feature_dims=dims, num_classes=3)  # weight 0: nothing to train
+    assert off._built and off.projections is None and off.ceb_head is None and not list(off.parameters())
+
+
+def test_bind_moves_heads_to_the_models_device():
+    class Stub(torch.nn.Module):
+        feature_dims, num_classes = {"a": 4, "v": 6}, 3
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+    loss = MCRLoss(ceb_weight=1.0).bind(Stub())
+    assert loss._built and {p.device.type for p in loss.parameters()} == {"meta"}
+
+
+def test_forward_terms_logs_and_first_use_warning():
+    model, x, y = _model()
+    out = model(x)
+    loss = MCRLoss(num_permutations=P, contrastive_weight=0.5, ceb_weight=1.0)  # the CEB head: parameters to warn about
+    with pytest.warns(UserWarning) as record:
+        terms = loss(model, out, y)
+    assert [str(w.message) for w in record] == [
+        "MCRLoss built its heads on first use; call mcr.bind(model) before creating the optimizer so that they are trained"]
+    assert set(terms.terms) == {"mipd", "contrastive", "ceb"} and set(terms.logs) == {"mipd/a", "mipd/v"}
+    assert terms.terms["mipd"].item() == pytest.approx(-0.1 * (terms.logs["mipd/a"] + terms.logs["mipd/v"]), rel=1e-6)
+    assert terms.terms["contrastive"].item() == pytest.approx(0.5 * supervised_contrastive(list(out.features.values()), y).item(), rel=1e-6)
+    assert terms.terms["ceb"].item() == pytest.approx(loss.ceb(out).item(), rel=1e-6)
+    double = type(out)(out.logits.double(), out.unimodal_logits, out.features)
+    none = MCRLoss(mipd_weight=0.0, contrastive_weight=0.0).bind(model)(model, double, y)
+    assert {k: (v.dtype, v.item()) for k, v in none.terms.items()} == {k: (torch.float32, 0.0) for k in ("mipd", "contrastive", "ceb")}
+
+
+def test_three_modalities_log_keys_and_no_contrastive_at_weight_zero():
+    torch.manual_seed(0)  # feature sizes 4, 6, 5: a contrastive term would need projections, and none are built
+    model = MultimodalModel({"a": MLPEncoder(5, 4, 6, 1), "v": MLPEncoder(7, 6, 6, 1), "t": MLPEncoder(3, 5, 6, 1)}, 3)
+    x = {"a": torch.randn(B, 5), "v": torch.randn(B, 7), "t": torch.randn(B, 3)}
+    terms = MCRLoss(num_permutations=P, contrastive_weight=0.0).bind(model)(model, model(x), torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert set(terms.logs) == {"mipd/a", "mipd/v", "mipd/t", "mipd/a+v", "mipd/a+t", "mipd/v+t"}
+    assert terms.terms["contrastive"].item() == 0.0

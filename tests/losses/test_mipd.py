@@ -217,3 +217,56 @@ def test_permutations_drawn_once_per_step_and_shared_by_subsets():
             else:
                 assert torch.equal(index, torch.arange(B).repeat(P))  # left alone
     assert all(torch.equal(p, perms[0]) for p in perms)  # one draw, shared by all subsets
+
+
+def test_noisy_scales_unit_noise_by_the_reference_batch_std():
+    """_noisy(x, ref, s) = x + s * sigma * N(0, 1): sigma the per-feature population std of
+    ref over the batch (1 for a batch of one), the noise drawn in float32, the result in x's dtype."""
+    from mmbalance.losses.mipd import _noisy
+    ref = torch.tensor([[1.0, 5.0, 0.0], [3.0, 5.0, 4.0]])  # population std per feature: 1, 0, 2
+    x = torch.arange(12, dtype=torch.float64).view(4, 3)
+    torch.manual_seed(0)
+    got = _noisy(x, ref, 0.5)
+    torch.manual_seed(0)
+    z = torch.randn(4, 3)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, x + (0.5 * torch.tensor([1.0, 0.0, 2.0]) * z).double())
+    one = torch.tensor([[2.0, -1.0, 7.0]])
+    torch.manual_seed(1)
+    got = _noisy(one, one, 3.0)  # batch of one: sigma = 1
+    torch.manual_seed(1)
+    torch.testing.assert_close(got, one + 3.0 * torch.randn(1, 3))
+
+
+def test_zero_weight_is_a_float32_zero_scalar():
+    model, x, _ = _model()
+    out = model(x)
+    logits = out.logits.double()
+    got = MIPD(weight=0.0)(model, type(out)(logits, out.unimodal_logits, out.features), torch.zeros(B, dtype=torch.long))
+    assert got.shape == () and got.dtype == torch.float32 and got.item() == 0.0
+
+
+def test_input_zero_encodes_zeros_once():
+    model, x, _ = _model()
+    model.eval()
+    out = model(x)
+    mipd = MIPD(weight=1.0, perturbation="input_zero")
+    mipd.subsets = lambda modalities: [("a",)]
+    got = mipd(model, out, torch.zeros(B, dtype=torch.long), inputs=x)
+    zero_a = model.encoders["a"](torch.zeros_like(x["a"]))
+    pred = model.fuse({"a": zero_a, "v": out.features["v"]})
+    assert got.item() == pytest.approx(-jensen_shannon(pred, out.logits).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("routing", ["authors", "features"])
+def test_generic_path_latent_zero_with_one_subset(routing):
+    """The fusion-network path (concat_mlp does not decompose) with a perturbed subset that
+    holds the same modality in every subset: the value is the JSD against zeroed features."""
+    model, x, _ = _model(fusion="concat_mlp")
+    model.eval()
+    out = model(x)
+    mipd = MIPD(weight=1.0, perturbation="latent_zero", routing=routing)
+    mipd.subsets = lambda modalities: [("a",)]
+    got = mipd(model, out, torch.zeros(B, dtype=torch.long))
+    pred = model.fuse({"a": torch.zeros_like(out.features["a"]), "v": out.features["v"]})
+    assert got.item() == pytest.approx(-jensen_shannon(pred, out.logits).item(), rel=1e-5)

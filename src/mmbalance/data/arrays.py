@@ -192,7 +192,9 @@ def _splits(source: str, split, labels: np.ndarray, task: str, seed: int) -> Dic
 
 
 def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.15, 0.15)) -> Dict[str, np.ndarray]:
-    """Seeded per-class 70/15/15 split; every split gets at least one row when N >= 3."""
+    """Seeded per-class 70/15/15 split (rounded per class; train gets at least one row of each
+    class). Raises DataError when the val or test split comes out empty, which small N can do
+    (5 rows of one class: 4/1/0)."""
     rng = np.random.default_rng(seed)
     parts = {s: [] for s in SPLITS}
     for cls in np.unique(labels):
