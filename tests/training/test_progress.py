@@ -109,3 +109,21 @@ def test_heartbeat_thins_a_runs_lines(monkeypatch, capsys):
 @pytest.mark.parametrize("seconds,text", [(0, "0:00:00"), (59.6, "0:01:00"), (3725, "1:02:05")])
 def test_clock(seconds, text):
     assert progress.clock(seconds) == text
+
+
+def test_a_long_epoch_gets_lines_inside_it(monkeypatch, capsys):
+    """An epoch longer than ``within_epoch_every`` seconds prints a batch line at that pace,
+    with the mean loss so far and the epoch's ETA (a fake clock: 10 s per batch, 4 batches)."""
+    from types import SimpleNamespace
+    clock_now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock_now[0])
+    lines = progress.EpochLines("mcr", "val/accuracy")
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=3, num_training_batches=4, is_global_zero=True)
+    lines.on_train_epoch_start(trainer, None)
+    for i, loss in enumerate((4.0, 2.0, 3.0, 1.0)):
+        clock_now[0] += 10.0
+        lines.on_train_batch_end(trainer, None, {"loss": loss}, None, i)
+    out = capsys.readouterr().out.splitlines()
+    # lines at 20 s (batch 2) and 40 s (batch 4): mean losses 3.0 and 2.5, epoch ETA 20 s then 0
+    assert out == ["[mcr] epoch 1/3  batch 2/4  loss 3.0000  epoch ETA 0:00:20",
+                   "[mcr] epoch 1/3  batch 4/4  loss 2.5000  epoch ETA 0:00:00"]

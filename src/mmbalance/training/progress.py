@@ -7,7 +7,10 @@ one plain line per epoch instead, with the main metrics and an ETA::
     [mcr] epoch 3/30  loss 1.2345  val accuracy 0.4567  best 0.4600 (epoch 2)  4.1 s/epoch  ETA 0:01:50
 
 The ETA assumes every remaining epoch up to ``trainer.max_epochs`` runs at the mean pace so
-far; early stopping can end the run sooner. ``trainer.progress=false`` prints neither.
+far; early stopping can end the run sooner. An epoch that runs longer than
+:attr:`EpochLines.within_epoch_every` seconds (a real dataset) also gets a line at that pace
+inside it (``epoch 3/30  batch 120/400  loss ...  ETA of the epoch``), so a run is never
+silent for long. ``trainer.progress=false`` prints neither.
 Every line goes to stdout through :func:`emit`, flushed, from rank 0 only. Inside
 :func:`heartbeat` (``demo``: many runs, one line each) a run's own lines are thinned to one
 every few seconds, so a long run is never silent and a short one adds nothing.
@@ -96,7 +99,10 @@ def _rank() -> int:
 
 class EpochLines(Callback):
     """One line per training epoch: mean training loss, the monitored validation metric,
-    the best value so far (and its epoch), seconds per epoch and the ETA."""
+    the best value so far (and its epoch), seconds per epoch and the ETA; inside a long epoch,
+    a line every ``within_epoch_every`` seconds with the batch count and the epoch's ETA."""
+
+    within_epoch_every = 20.0
 
     def __init__(self, label: str, monitor: str, mode: str = "max") -> None:
         self.label, self.monitor, self.mode = label, monitor, mode
@@ -105,6 +111,7 @@ class EpochLines(Callback):
         self._run_start = self._epoch_start = 0.0
         self._epochs_timed = 0
         self._loss_sum, self._loss_count = 0.0, 0
+        self._last_line = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._run_start = time.perf_counter()
@@ -114,7 +121,7 @@ class EpochLines(Callback):
             self.best = float(score)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._last_line = time.perf_counter()
         self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -124,6 +131,18 @@ class EpochLines(Callback):
             if math.isfinite(value):
                 self._loss_sum += value
                 self._loss_count += 1
+        now = time.perf_counter()
+        if now - self._last_line >= self.within_epoch_every and trainer.is_global_zero:
+            self._last_line = now
+            done, total = batch_idx + 1, trainer.num_training_batches
+            parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+            if isinstance(total, int) and total > 0:
+                parts.append(f"batch {done}/{total}")
+            if self._loss_count:
+                parts.append(f"loss {self._loss_sum / self._loss_count:.4f}")
+            if isinstance(total, int) and total > 0:
+                parts.append(f"epoch ETA {clock((now - self._epoch_start) / done * (total - done))}")
+            emit(f"[{self.label}] " + "  ".join(parts))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Runs after the epoch's validation and before the checkpoint and early-stopping
@@ -148,4 +167,5 @@ class EpochLines(Callback):
         if self.best is not None:
             parts.append(f"best {self.best:.4f}" + (f" (epoch {self.best_epoch})" if self.best_epoch else ""))
         parts += [f"{seconds:.1f} s/epoch", f"ETA {clock(pace * max(0, total - epoch - 1))}"]
+        self._last_line = time.perf_counter()
         emit(f"[{self.label}] " + "  ".join(parts))
