@@ -234,3 +234,13 @@ def test_constant_feature_gets_std_one():
     mean, std = data.stats["audio"]
     assert mean[1] == 7.0 and std[1] == 1.0 and std.dtype == np.float32
     assert np.isfinite(std).all() and (std[[0, 2]] != 1.0).all()
+
+
+@pytest.mark.parametrize("bad", [np.array([["a", "b"]] * N), np.array([[1 + 2j, 0j]] * N)])
+def test_a_non_numeric_modality_is_refused_by_name(bad):
+    """Strings (or complex numbers, which no encoder takes) in a modality are refused at load,
+    naming the modality and its dtype, instead of failing later inside the model."""
+    mods = {**_modalities(), "text": bad}
+    message = _message(lambda: from_arrays(mods, np.arange(N) % 3, source="mine.npz"))
+    assert message == (f"mine.npz: modality 'text' holds {bad.dtype} values; a modality must be a numeric "
+                       "array (bool, integer or float)")

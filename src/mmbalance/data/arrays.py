@@ -81,6 +81,9 @@ def from_arrays(modalities: Mapping[str, object], labels: np.ndarray, split: Opt
     for name, arr in modalities.items():
         if arr.shape[0] != n:
             raise DataError(f"{source}: modality {name!r} has {arr.shape[0]} rows but 'label' has {n}")
+        if np.dtype(arr.dtype).kind not in "biuf":
+            raise DataError(f"{source}: modality {name!r} holds {np.dtype(arr.dtype)} values; a modality must be "
+                            "a numeric array (bool, integer or float)")
         _check_finite(source, name, arr)
     task, labels, num_classes = _check_labels(source, labels, task)
     splits = _splits(source, split, labels, task, seed)
