@@ -113,7 +113,7 @@ class MCRLoss(nn.Module):
             self.bind(model)
             if any(p.requires_grad for p in self.parameters()):
                 warnings.warn("MCRLoss built its heads on first use; call mcr.bind(model) before "
-                              "creating the optimizer so that they are trained", stacklevel=2)
+                              "creating the optimizer so that they are trained", stacklevel=_caller_level())
         zero = out.logits.new_zeros((), dtype=torch.float32)
         logs: Dict[str, float] = {}
         terms = {"mipd": zero, "contrastive": zero, "ceb": zero}
@@ -127,3 +127,23 @@ class MCRLoss(nn.Module):
         if self.ceb.weight > 0:
             terms["ceb"] = self.ceb(out)
         return LossTerms.from_terms(terms, logs)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package's losses and torch, so a
+    warning from :meth:`MCRLoss.forward` (reached through ``nn.Module.__call__``) points at
+    the user's line, whatever torch's call depth."""
+    import inspect
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    frames = inspect.stack(context=0)
+    try:
+        for level, info in enumerate(frames[1:], start=1):  # 1: the caller of this function
+            path = os.path.abspath(info.filename)
+            if level >= 2 and not path.startswith((here + os.sep, torch_dir + os.sep)):
+                return level
+        return 2
+    finally:
+        del frames
+
