@@ -31,7 +31,8 @@ MODULES = {
     "methods": (["src/mmbalance/methods/*"],
                 # the fast method tests; test_init.py and test_pipelines.py train stage models for
                 # minutes per run and are left out
-                ["tests/methods/test_agm.py", "tests/methods/test_contract.py", "tests/methods/test_mlb.py",
+                ["tests/methods/test_agm.py", "tests/methods/test_contract.py", "tests/methods/test_method_details.py",
+                 "tests/methods/test_mlb.py",
                  "tests/methods/test_mmcosine.py", "tests/methods/test_mslr.py", "tests/methods/test_ogm.py",
                  "tests/methods/test_ogm_ge.py", "tests/methods/test_pmr.py",
                  "tests/methods/test_regression_loss.py"]),
