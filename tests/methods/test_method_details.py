@@ -1,7 +1,8 @@
 """Details of OGM/OGM-GE, AGM, MSLR, MLB and PMR that the other method tests left open, each
 against a value written out by hand: OGM-GE's exact noise draw (seed, step, std + 1e-8,
 dtype), OGM's run seed and frozen layers, AGM's scores and clipping bounds, MSLR's zero
-mean and accumulation, MLB's unimodal weight, PMR's last epoch and first-tenth batches."""
+mean and accumulation, MLB's unimodal weight, PMR's last epoch, first-tenth batches, seed and lazy sizing,
+MMCosine's weight check and features."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader, TensorDataset
 
 from mmbalance.errors import ConfigError
@@ -18,7 +21,7 @@ from mmbalance.methods.mlb import MLB
 from mmbalance.methods.mmcosine import MMCosine
 from mmbalance.methods.mslr import MSLR, mslr_scale
 from mmbalance.methods.ogm import OGM, OGMGE
-from mmbalance.methods.pmr import PMR
+from mmbalance.methods.pmr import PMR, prototype_weights
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
@@ -193,7 +196,7 @@ def test_mlb_unimodal_terms_are_the_weight_times_each_heads_loss():
     out = method(x)
     terms = method.training_loss(Batch(x, y), out).terms
     for m in ("a", "v"):
-        assert float(terms[f"unimodal/{m}"]) == pytest.approx(0.3 * float(F.cross_entropy(out.unimodal_logits[m].detach(), y)),
+        assert float(terms[f"unimodal/{m}"].detach()) == pytest.approx(0.3 * float(F.cross_entropy(out.unimodal_logits[m].detach(), y)),
                                                               rel=1e-5)
 
 
@@ -223,3 +226,69 @@ def test_pmr_is_active_in_its_end_epoch():
             method.prototypes(m).copy_(torch.randn(method.prototypes(m).shape))
     method.training_loss(Batch(x, y), method(x))
     assert float(method.weights.sum()) > 0
+
+
+def test_pmr_run_seed_fresh_epoch_and_a_class_seen_once():
+    model = _model()
+    torch.manual_seed(2**31 + 9)
+    method = PMR(model)
+    assert method.seed == 9 and method.epoch == 0
+    # 10 batches -> the first one; class 2 appears once in it, class 1 twice, class 0 once
+    gen = torch.Generator().manual_seed(5)
+    loader = [({"a": torch.randn(4, 5, generator=gen), "v": torch.randn(4, 3, generator=gen)},
+               torch.tensor([1, 2, 1, 0])) for _ in range(10)]
+    assert method.on_epoch_start(0, loader) == {"prototype_classes": 3.0}
+    model.eval()
+    with torch.no_grad():
+        feats = model.encoders["a"](loader[0][0]["a"])
+    assert torch.allclose(method.prototypes("a")[2], feats[1], atol=1e-6)  # the one sample of class 2
+    assert torch.allclose(method.prototypes("a")[1], (feats[0] + feats[2]) / 2, atol=1e-6)
+
+
+def test_pmr_prototype_weights_keep_the_scores_dtype():
+    weights = prototype_weights(torch.tensor([1.0, 2.0], dtype=torch.float64), 0.5)
+    assert weights.dtype == torch.float64 and weights.tolist() == [0.5, 0.0]
+
+
+def _lazy_model():
+    # nn.Linear declares no out_dim: the feature sizes come from the first batch
+    return MultimodalModel({"a": nn.Linear(5, 4), "v": nn.Linear(3, 2)}, 3)
+
+
+def test_pmr_prototypes_of_a_lazy_model_are_sized_by_its_first_batch_or_a_checkpoint():
+    torch.manual_seed(0)
+    model = _lazy_model()
+    method = PMR(model)
+    assert not model.materialized and is_lazy(method.prototypes("a"))
+    x, _ = _batch()
+    model.materialize(x)
+    assert tuple(method.prototypes("a").shape) == (3, 4) and tuple(method.prototypes("v").shape) == (3, 2)
+    assert float(method.prototypes("a").abs().sum()) == 0.0
+    method.prototypes("v").fill_(1.5)
+    fresh = PMR(_lazy_model())
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.prototypes("v"), torch.full((3, 2), 1.5))
+
+
+def test_mmcosine_of_a_lazy_model_checks_its_weights_at_the_first_batch():
+    torch.manual_seed(0)
+    method = MMCosine(_lazy_model())  # nothing to check yet
+    x, _ = _batch()
+    out = method(x)
+    assert out.logits.shape == (6, 3)
+
+
+def test_mmcosine_refuses_a_fusion_weight_of_the_wrong_shape_at_once():
+    model = _model()
+    model.fusion.weights["v"] = nn.Linear(4, 4, bias=False)  # (4, 4): one weight, but not (C, D) = (3, 4)
+    with pytest.raises(ConfigError, match=r"method 'mmcosine' needs one \(3, 4\) fusion weight for modality 'v'"):
+        MMCosine(model)
+
+
+def test_mmcosine_output_carries_the_encoder_features():
+    method = MMCosine(_model())
+    x, _ = _batch()
+    out = method(x)
+    feats = method.model.encode(x)
+    assert set(out.features) == {"a", "v"}
+    assert all(torch.allclose(out.features[m], feats[m]) for m in ("a", "v"))
