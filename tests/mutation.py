@@ -30,11 +30,17 @@ MODULES = {
                 "tests/bench/test_speed.py::test_chunk_size_is_validated"]),
     "methods": (["src/mmbalance/methods/*"],
                 # the fast method tests; test_init.py and test_pipelines.py train stage models for
-                # minutes per run and are left out
-                ["tests/methods/test_agm.py", "tests/methods/test_contract.py", "tests/methods/test_mlb.py",
+                # minutes per run and are left out, except test_init.py's two that train nothing;
+                # the two search-space tests of tests/bench/test_tune.py drive Search/search_space
+                ["tests/methods/test_agm.py", "tests/methods/test_contract.py", "tests/methods/test_method_details.py",
+                 "tests/methods/test_mlb.py",
                  "tests/methods/test_mmcosine.py", "tests/methods/test_mslr.py", "tests/methods/test_ogm.py",
                  "tests/methods/test_ogm_ge.py", "tests/methods/test_pmr.py",
-                 "tests/methods/test_regression_loss.py"]),
+                 "tests/methods/test_regression_loss.py",
+                 "tests/methods/test_init.py::test_every_method_has_init_and_the_defaults_say_how_it_starts",
+                 "tests/methods/test_init.py::test_impossible_init_is_one_clear_error",
+                 "tests/bench/test_tune.py::test_every_search_space_gives_valid_overrides",
+                 "tests/bench/test_tune.py::test_declared_spaces"]),
     "arrays": (["src/mmbalance/data/arrays.py"],
                ["tests/data/test_user_arrays.py", "tests/data/test_arrays_contract.py"]),
     "rundir": (["src/mmbalance/engine/rundir.py"], ["tests/training/test_run.py", "tests/training/test_interrupt.py"]),
