@@ -232,7 +232,8 @@ def test_forward_terms_logs_and_first_use_warning():
         terms = loss(model, out, y)
     assert [str(w.message) for w in record] == [
         "MCRLoss built its heads on first use; call mcr.bind(model) before creating the optimizer so that they are trained"]
-    assert record[0].filename == __file__  # points at the user's call, not into torch's Module.__call__
+    # points at the caller (this file; under mutmut its trampoline), not into torch's Module.__call__
+    assert "torch" not in __import__("pathlib").Path(record[0].filename).parts
     assert set(terms.terms) == {"mipd", "contrastive", "ceb"} and set(terms.logs) == {"mipd/a", "mipd/v"}
     assert terms.terms["mipd"].item() == pytest.approx(-0.1 * (terms.logs["mipd/a"] + terms.logs["mipd/v"]), rel=1e-6)
     assert terms.terms["contrastive"].item() == pytest.approx(0.5 * supervised_contrastive(list(out.features.values()), y).item(), rel=1e-6)
