@@ -145,12 +145,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     paths = write_report(rows, out, [v.label for v in variants], _preamble(settings, len(rows), len(jobs),
                                                                             tuned_dir, outcome.failed),
                          ceilings=ceilings(jobs, out))
-    print(f"\n{len(outcome.written)} runs now, {outcome.skipped} already done, {outcome.recovered} recovered, "
-          f"{len(outcome.failed)} failed; "
-          f"{time.perf_counter() - start:.0f} s")
-    print((out / "summary.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 1 if outcome.failed else 0
+    return _finish(outcome, start, out, paths)
 
 
 def _preamble(settings, done: int, total: int, tuned_dir, failed) -> str:
@@ -290,6 +285,12 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
                 + "".join(f"\n- FAILED {run}: {err}" for run, err in outcome.failed))
     paths = write_report(rows, out, [v.label for v in variants], preamble, ceilings=ceilings(jobs, out),
                          title=f"Method comparison on {args.data}")
+    return _finish(outcome, start, out, paths)
+
+
+def _finish(outcome, start: float, out: Path, paths) -> int:
+    """The closing lines of ``bench synthetic`` and ``bench compare``: counts and time, the
+    summary, the files written; exit 1 when a run failed."""
     print(f"\n{len(outcome.written)} runs now, {outcome.skipped} already done, {outcome.recovered} recovered, "
           f"{len(outcome.failed)} failed; {time.perf_counter() - start:.0f} s")
     print((out / "summary.md").read_text())
