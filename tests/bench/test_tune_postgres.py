@@ -135,5 +135,9 @@ def test_two_tune_workers_share_one_postgresql_study(postgres_url, tmp_path, how
     info = json.loads((tmp_path / "joint.json").read_text())
     assert (info["best_trial"], info["trials"], info["running"]) == (best.number, total, [])
     final = [line for o in outs for line in o.splitlines() if line == f"wrote {tmp_path / 'joint.yaml'}"]
-    assert len(final) == 1, outs  # the other worker wrote a provisional file, or found this one already there
+    # Usually one final write (the other worker wrote a provisional file, or found this one already
+    # there). Two when one worker finished all its trials while the other was between trials, its
+    # next trial not yet created: the first then saw nothing running and wrote 5 trials' best as
+    # final, and the second rewrote it with all 6 (seen once in CI). The file checks above hold.
+    assert 1 <= len(final) <= 2, outs
     assert PASSWORD not in "".join(outs)
