@@ -100,3 +100,28 @@ def test_tensorboard_events_hold_the_documented_scalars(tmp_path, method):
         from_tb = [(e.step, e.value) for e in acc.Scalars(tag)]
         assert [s for s, _ in from_tb] == [s for s, _ in from_csv] and from_csv
         assert [v for _, v in from_tb] == pytest.approx([v for _, v in from_csv], rel=1e-5)
+
+
+def test_step_values_are_logged_only_in_the_steps_that_are_written(tmp_path, monkeypatch):
+    """One ``self.log`` call costs about a small model's step, so the loop calls it only in
+    the steps Lightning writes (every ``log_every_n_steps``): every call reaches the CSV, and
+    the CSV still has a step row every ``log_every_n_steps`` steps."""
+    from mmbalance.training.module import BalanceModule
+
+    calls = []
+    original = BalanceModule.log
+
+    def counting(self, name, value, *args, **kwargs):
+        if name == "train/loss":
+            calls.append(self.global_step)
+        return original(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(BalanceModule, "log", counting)
+    cfg = tiny_config("ogm_ge", trainer__max_epochs=2, trainer__log_every_n_steps=3, trainer__patience=5)
+    train(cfg, tmp_path)
+    rows = [r for r in _csv_rows(tmp_path) if r.get("train/loss")]
+    steps_per_epoch = math.ceil(0.7 * 300 / cfg.data.batch_size)  # TINY: 300 points, 70% train
+    total = 2 * steps_per_epoch
+    assert len(calls) == len(rows) == total // 3            # not one call per step
+    assert [int(r["step"]) for r in rows] == [3 * k - 1 for k in range(1, total // 3 + 1)]
+    assert all(r.get("balance/coeff/x1") for r in rows)     # the method's coefficients at the same steps

@@ -105,17 +105,30 @@ class BalanceModule(L.LightningModule):
         if not torch.isfinite(loss.total):
             return None  # skipped (trainer.skip_nonfinite)
         size = labels.shape[0]
-        self.log("train/loss", loss.total.detach(), prog_bar=True, batch_size=size)
-        for name, value in loss.terms.items():
-            self.log(f"train/{name}", value.detach().float(), batch_size=size)
+        # Step values reach the loggers only every trainer.log_every_n_steps steps, and one
+        # self.log call costs about as much as a small model's whole step: log them only in
+        # the steps whose values are written (the same files, a fraction of the calls).
+        written = self._step_is_written()
         for name, value in loss.logs.items():
-            if name.startswith(BALANCE):  # what the method's gradient edit reported
-                self.log(name, float(value), on_step=True, on_epoch=False)
-            elif name.startswith((GRAD, GRAD_SHARE)):  # trainer.log_term_grad_norms: the epoch's mean
+            if name.startswith((GRAD, GRAD_SHARE)):  # trainer.log_term_grad_norms: the epoch's mean
                 self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, batch_size=size)
+            elif not written:
+                continue
+            elif name.startswith(BALANCE):  # what the method's gradient edit reported
+                self.log(name, float(value), on_step=True, on_epoch=False)
             else:
                 self.log(f"train/{name}", float(value), batch_size=size)
+        if written:
+            self.log("train/loss", loss.total.detach(), batch_size=size)
+            for name, value in loss.terms.items():
+                self.log(f"train/{name}", value.detach().float(), batch_size=size)
         return loss.total.detach()
+
+    def _step_is_written(self) -> bool:
+        """Whether Lightning writes this step's logged values (every ``log_every_n_steps``
+        steps, and the last step before a stop); True when that cannot be told."""
+        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
+        return bool(getattr(connector, "should_update_logs", True))
 
     def _clip(self) -> None:
         if self.cfg.optim.grad_clip:
