@@ -4,12 +4,29 @@ The reference implementation of the Multimodal Competition Regularizer (MCR, Kon
 al.) and of the balancing methods it is compared against.
 """
 
-from . import losses
+import importlib
+
 from .errors import ConfigError, DataError, MMBalanceError, NonFiniteLossError
-from .losses import CEB, MIPD, MCRLoss, SupervisedContrastive
-from .models import MLPEncoder, MultimodalModel
-from .types import Batch, LossTerms, ModelOutput
 from .version import __version__
+
+#: public name -> submodule that defines it, imported on first use (PEP 562): ``import
+#: mmbalance`` and the command line's ``--help``/``--version`` do not pay torch's import
+_LAZY = {"losses": None, "MCRLoss": "losses", "MIPD": "losses", "SupervisedContrastive": "losses", "CEB": "losses",
+         "MLPEncoder": "models", "MultimodalModel": "models", "Batch": "types", "LossTerms": "types",
+         "ModelOutput": "types"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mmbalance' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load_run(run_dir, checkpoint: str = "best", device="cpu"):

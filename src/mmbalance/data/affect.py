@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .affect_metrics import affect_metrics
 from .arrays import from_arrays
 from .bundle import DataBundle
 from .clips import require_root
@@ -65,6 +64,7 @@ def load_affect(cfg: Any, name: str) -> DataBundle:
     data = from_arrays(arrays, labels, split, standardize=False, task=task, source=str(path))
     bundle = DataBundle.from_arrays(data)
     bundle.encoders = {m: "transformer_seq" for m in modalities}
+    from .affect_metrics import affect_metrics  # torchmetrics: imported when a MOSI/MOSEI run needs it
     bundle.metrics = affect_metrics
     return bundle
 

@@ -27,14 +27,30 @@ Modules: ``cells`` (settings, variants, one step), ``timing``, ``memory`` (the f
 server), ``profile``, ``report`` (CSV and markdown), ``plots``, ``run`` (the command).
 """
 
-from .cells import (METHODS, MODALITY_SWEEP, MODALITY_VARIANTS, PERMUTATION_SWEEP, QUICK_SETTINGS, SETTINGS,
-                    MCRReencode, Runner, Setting, SpeedVariant, build_method, build_model, fused_rows, make_batch,
-                    make_optimizer, make_runner, mipd_terms, modality_setting, variant_by_label)
-from .memory import MemoryServer, measure_memory, memory_worker, saved_for_backward_mb
-from .profile import profile_cells
-from .report import CellResult
-from .run import Protocol, SpeedConfig, environment, protocol_for, resolve_settings, run_group, run_speed
-from .timing import Timing, time_interleaved
+import importlib
+
+#: public name -> the submodule that defines it, imported on first use (PEP 562), so that
+#: registering the command (``mmbalance --help``) does not import torch
+_LAZY = {
+    "METHODS": "cells", "MODALITY_SWEEP": "cells", "MODALITY_VARIANTS": "cells", "PERMUTATION_SWEEP": "cells",
+    "QUICK_SETTINGS": "cells", "SETTINGS": "cells", "MCRReencode": "cells", "Runner": "cells",
+    "Setting": "cells", "SpeedVariant": "cells", "build_method": "cells", "build_model": "cells",
+    "fused_rows": "cells", "make_batch": "cells", "make_optimizer": "cells", "make_runner": "cells",
+    "mipd_terms": "cells", "modality_setting": "cells", "variant_by_label": "cells", "MemoryServer": "memory",
+    "measure_memory": "memory", "memory_worker": "memory", "saved_for_backward_mb": "memory", "profile_cells": "profile",
+    "CellResult": "report", "Protocol": "run", "SpeedConfig": "run", "environment": "run",
+    "protocol_for": "run", "resolve_settings": "run", "run_group": "run", "run_speed": "run",
+    "Timing": "timing", "time_interleaved": "timing",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["METHODS", "MODALITY_SWEEP", "MODALITY_VARIANTS", "PERMUTATION_SWEEP", "QUICK_SETTINGS", "SETTINGS",
            "MCRReencode", "Runner", "Setting", "SpeedVariant", "build_method", "build_model", "fused_rows",

@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ...errors import ConfigError
-from .cells import variant_by_label
-from .profile import profile_cells
-from .run import SpeedConfig, resolve_settings, run_speed
 
 
 def register_bench(bench_sub) -> None:
@@ -36,6 +31,12 @@ def register_bench(bench_sub) -> None:
 
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
+    import torch  # here, not at the top: `mmbalance --help` does not pay torch's import
+
+    from .cells import variant_by_label
+    from .profile import profile_cells
+    from .run import SpeedConfig, resolve_settings, run_speed
+
     for flag, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--profile-steps", args.profile_steps),
                         ("--threads", args.threads)):
         if value is not None and value < 1:

@@ -1,0 +1,32 @@
+"""Import time (issue 12.3): what a command does not need, it does not import. Checked in a
+fresh interpreter, by the modules it holds, not by a clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("torch", "lightning", "torchmetrics", "optuna", "matplotlib")
+
+
+def _loaded_after(code: str) -> set:
+    probe = code + "\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if '.' not in m)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_import_mmbalance_and_the_command_line_parser_load_no_heavy_package():
+    loaded = _loaded_after("import mmbalance\nfrom mmbalance.cli import _parser\n_parser()")
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_the_public_names_still_resolve_on_first_use():
+    loaded = _loaded_after("import mmbalance as mb\nassert mb.MCRLoss.__name__ == 'MCRLoss'\n"
+                           "from mmbalance import MultimodalModel, Batch, losses\nassert losses.MIPD is mb.MIPD")
+    assert "torch" in loaded and "lightning" not in loaded   # the library API needs torch, not Lightning
+
+
+def test_the_synthetic_generator_does_not_import_torchmetrics_or_lightning():
+    loaded = _loaded_after("from mmbalance.data.synthetic import make_synthetic")
+    assert not loaded & {"torchmetrics", "lightning", "matplotlib", "optuna"}
