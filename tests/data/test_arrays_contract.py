@@ -244,3 +244,39 @@ def test_a_non_numeric_modality_is_refused_by_name(bad):
     message = _message(lambda: from_arrays(mods, np.arange(N) % 3, source="mine.npz"))
     assert message == (f"mine.npz: modality 'text' holds {bad.dtype} values; a modality must be a numeric "
                        "array (bool, integer or float)")
+
+
+def test_batched_read_equals_the_row_by_row_read_bit_for_bit():
+    """``ArrayDataset.__getitems__`` (one block per modality per batch, what DataLoader
+    calls) gives exactly the items of ``__getitem__``: same values, dtypes and shapes, for
+    standardized and raw modalities, integer and float labels, and any order of rows."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmbalance.data.arrays import ArrayDataset, from_arrays
+
+    rng = np.random.default_rng(3)
+    n = 40
+    mods = {"a": rng.normal(3.0, 2.0, (n, 5)), "b": rng.normal(size=(n, 2, 3)).astype(np.float32)}
+    for labels in (np.arange(n) % 3, rng.normal(size=n).astype(np.float32)):
+        task = "classification" if labels.dtype.kind == "i" else "regression"
+        data = from_arrays(mods, labels, np.array(["train"] * 30 + ["val"] * 5 + ["test"] * 5), task=task)
+        ds = ArrayDataset(data, "train")
+        positions = [7, 0, 29, 3, 3, 12]
+        batched = ds.__getitems__(positions)
+        assert len(batched) == len(positions)
+        for (x, y), p in zip(batched, positions):
+            x0, y0 = ds[p]
+            assert y.dtype == y0.dtype and torch.equal(y, y0)
+            for m in mods:
+                assert x[m].dtype == x0[m].dtype == torch.float32 and torch.equal(x[m], x0[m])
+        # and through a DataLoader (which calls __getitems__): the batches of the row-by-row read
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        fast = list(DataLoader(ds, batch_size=8, shuffle=True, generator=g1))
+        class RowByRow(torch.utils.data.Dataset):  # the same dataset without __getitems__
+            __len__, __getitem__ = (lambda self: len(ds)), (lambda self, i: ds[i])
+
+        slow = list(DataLoader(RowByRow(), batch_size=8, shuffle=True, generator=g2))
+        assert len(fast) == len(slow) == 4
+        for (xf, yf), (xs, ys) in zip(fast, slow):
+            assert torch.equal(yf, ys) and all(torch.equal(xf[m], xs[m]) for m in mods)

@@ -84,6 +84,7 @@ def _rank() -> int:
 
 
 def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) -> Dict[str, Any]:
+    began = time.perf_counter()
     last = out.last_checkpoint
     method_cls = get_method(cfg.method)
     data = build_data(cfg)
@@ -97,7 +98,9 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     out.write_config(record(cfg))
     out.write_inputs(data.input_spec().to_dict())  # load_run rebuilds the model from it, without the data
     _say_start(cfg, data, out, plan, resume and last.exists())
+    stages_began = time.perf_counter()
     stages = _run_stages(cfg, plan, out, resume)
+    stages_seconds = time.perf_counter() - stages_began
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the data is built once, above:
     method = build_method(cfg, build_model(data, cfg))         # its randomness is per item, not per build
     if stages:
@@ -117,8 +120,10 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         best = checkpoint.best_model_path or None
         say(cfg, (f"trained in {seconds:.1f} s; " if method_cls.trains_final else "")
             + f"scoring the {'best checkpoint' if best else 'model'} on val and test")
+        scoring = time.perf_counter()
         val = trainer.validate(module, val_dl, ckpt_path=best, verbose=False)[0]
         test = trainer.test(module, test_dl, ckpt_path=best, verbose=False)[0]
+        scored = time.perf_counter()
     metrics = {
         "method": cfg.method, "seed": cfg.seed, "data": resolve_data_spec(cfg.data_spec), "config": record(cfg),
         "val": _strip(val, "val/"), "test": _strip(test, "test/"), "nonfinite_metrics": [],
@@ -134,8 +139,14 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         say(cfg, "fitting a linear probe on each modality's frozen features")
         metrics["probe"] = final_probe(module.method.model, data)
     _flag_nonfinite(metrics)
+    # where this process's time went (bench speed's loop row reads it; the interpreter's
+    # start and imports are the rest of the whole-run wall time)
+    metrics["seconds"] = {"setup": round(start - began - stages_seconds, 3), "stages": round(stages_seconds, 3),
+                          "fit": round(seconds, 3), "score": round(scored - scoring, 3),
+                          "probe_and_write": None}
     if trainer.is_global_zero:  # every test row once, in order, whatever the strategy
         out.write_predictions(module.method, DataLoader(data.test, batch_size=cfg.data.batch_size))
+        metrics["seconds"]["probe_and_write"] = round(time.perf_counter() - scored, 3)
         out.write_metrics(metrics)
     return metrics
 
