@@ -35,7 +35,7 @@ class MCRLoss(nn.Module):
 
     Args:
         strategy, num_permutations, permutation, perturbation, noise_std, max_subset_size,
-            detach_reference, routing, chunk_size, decompose: see :class:`MIPD`.
+            detach_reference, routing, chunk_size, decompose, compile: see :class:`MIPD`.
         mipd_weight: lambda_M >= 0 (:class:`MIPD`'s ``weight``).
         contrastive_weight, temperature, cross_modal_only, projection_dim: see
             :class:`SupervisedContrastive`.
@@ -49,14 +49,15 @@ class MCRLoss(nn.Module):
                  noise_std: float = 1.0, max_subset_size: Optional[int] = None, cross_modal_only: bool = False,
                  projection_dim: Optional[int] = None, ceb_hidden: Optional[int] = None,
                  feature_dims: Optional[Mapping[str, int]] = None, num_classes: Optional[int] = None,
-                 chunk_size: Optional[int] = None, routing: str = "authors", decompose: bool = True) -> None:
+                 chunk_size: Optional[int] = None, routing: str = "authors", decompose: bool = True,
+                 compile: bool = False) -> None:
         super().__init__()
         for name, value in (("mipd_weight", mipd_weight), ("contrastive_weight", contrastive_weight),
                             ("ceb_weight", ceb_weight)):
             if not value >= 0:
                 raise ConfigError(f"MCRLoss {name} must be >= 0, got {value}")
         self.mipd = MIPD(strategy, mipd_weight, num_permutations, permutation, perturbation, noise_std,
-                         max_subset_size, detach_reference, routing, chunk_size, decompose)
+                         max_subset_size, detach_reference, routing, chunk_size, decompose, compile)
         self.contrastive = SupervisedContrastive(contrastive_weight, temperature, cross_modal_only, projection_dim)
         self.ceb = CEB(ceb_weight, ceb_hidden)
         self._built = False

@@ -8,12 +8,11 @@ import warnings
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..types import ModelOutput
-from .divergence import jensen_shannon_log_probs
+from .divergence import jensen_shannon_rows
 from .gradients import grad_multiply
 from .permutations import PERMUTATION_KINDS, sample_permutations
 
@@ -97,6 +96,9 @@ class MIPD(nn.Module):
         decompose: for a decomposable fusion (``concat_linear``) perturb the (B, C)
             per-modality products instead of the (B, D_m) features: the same value and
             gradients at B*P*C cost. ``False`` forces the generic path.
+        compile: ``torch.compile`` the decomposed path's tensor math (off by default: on
+            this project's 2-core CPU it costs a minute of compilation; see
+            docs/performance.md for what it gains).
 
     Example:
         >>> mipd = MIPD("greedy", weight=0.1, num_permutations=32)
@@ -106,7 +108,8 @@ class MIPD(nn.Module):
     def __init__(self, strategy: str = "greedy", weight: float = 0.1, num_permutations: int = 32,
                  permutation: str = "all", perturbation: str = "permute", noise_std: float = 1.0,
                  max_subset_size: Optional[int] = None, detach_reference: bool = False,
-                 routing: str = "authors", chunk_size: Optional[int] = None, decompose: bool = True) -> None:
+                 routing: str = "authors", chunk_size: Optional[int] = None, decompose: bool = True,
+                 compile: bool = False) -> None:
         super().__init__()
         for name, value, valid in [("strategy", strategy, STRATEGIES), ("permutation", permutation, PERMUTATION_KINDS),
                                    ("perturbation", perturbation, PERTURBATIONS), ("routing", routing, ROUTINGS)]:
@@ -125,6 +128,7 @@ class MIPD(nn.Module):
         self.permutation, self.perturbation, self.noise_std = permutation, perturbation, noise_std
         self.max_subset_size, self.detach_reference = max_subset_size, detach_reference
         self.routing, self.chunk_size, self.decompose = routing, chunk_size, decompose
+        self.compile, self._compiled_math = bool(compile), None
         self._warned_batch = False
 
     # ----------------------------------------------------------------- structure
@@ -171,12 +175,29 @@ class MIPD(nn.Module):
         if self.chunk_size is not None and pert.copies > max(1, self.chunk_size // batch):
             return torch.stack([self._chunked(model, out, s, pert, reference) for s in subsets])
         if self.decompose and self.routing == "authors" and _is_decomposable(model.fusion):
-            fused = self._fused_decomposed(model, out, subsets, pert)
-        else:
-            fused = self._fused_generic(model, out, subsets, pert)
-        per_row = _row_divergence(fused, reference)  # (S, P', B)
-        mask = pert.valid.view(pert.copies, batch).to(per_row.dtype)
-        return (per_row * mask).sum((1, 2)) / mask.sum().clamp(min=1)
+            fusion = model.fusion
+            live = fusion.modality_logits(out.features)  # m -> (B, C), in the graph
+            if pert.index is None:  # noise/zero kinds: the perturbed features' own products
+                perturbed = fusion.modality_logits({m: pert.features[m] for m in needed})
+            else:
+                perturbed = {m: live[m] for m in needed}
+            mods = model.modalities
+            routes = [self.multipliers(s, mods) for s in subsets]
+            math = self._compiled() if self.compile else _decomposed_divergences
+            return math(tuple(live[m] for m in mods), tuple(perturbed.get(m) for m in mods),
+                        fusion.shared_logits(), pert.index, pert.valid, reference, pert.copies,
+                        own=tuple(tuple(own[m] for m in mods) for own, _ in routes),
+                        in_subset=tuple(tuple(m in s for m in mods) for s in subsets),
+                        shared=tuple(shared for _, shared in routes),
+                        all_valid=self.permutation == "all" and pert.index is not None)
+        fused = self._fused_generic(model, out, subsets, pert)
+        return _masked_rows_mean(_row_divergence(fused, reference), pert.valid, pert.copies, False)
+
+    def _compiled(self):
+        """``torch.compile`` of the decomposed path's tensor math (``compile=True``), made once."""
+        if self._compiled_math is None:
+            self._compiled_math = torch.compile(_decomposed_divergences, dynamic=False)
+        return self._compiled_math
 
     # ----------------------------------------------------------------- perturbations
     def perturb(self, model: nn.Module, out: ModelOutput, labels: Tensor, inputs, modalities: Sequence[str]
@@ -208,24 +229,6 @@ class MIPD(nn.Module):
         return torch.cat([encoder(_noisy(x, x, self.noise_std)) for _ in range(draws)])
 
     # ----------------------------------------------------------------- fusion paths
-    def _fused_decomposed(self, model, out: ModelOutput, subsets: List[Subset], pert: Perturbation) -> Tensor:
-        """(S, P', B, C) perturbed logits from per-modality products: the perturbed products
-        of S plus the routed products of the others plus the routed shared part."""
-        fusion, batch, copies = model.fusion, out.logits.shape[0], pert.copies
-        live = fusion.modality_logits(out.features)  # m -> (B, C), in the graph
-        perturbed: Dict[str, Tensor] = {}
-        for m in {m for s in subsets for m in s}:
-            rows = live[m][pert.index] if pert.index is not None else fusion.modality_logits({m: pert.features[m]})[m]
-            perturbed[m] = rows.view(copies, batch, -1)
-        stacked = []
-        for subset in subsets:
-            own, shared = self.multipliers(subset, model.modalities)
-            logits = grad_multiply(fusion.shared_logits(), shared)
-            for m in model.modalities:
-                logits = logits + (perturbed[m] if m in subset else grad_multiply(live[m], own[m]))
-            stacked.append(logits.expand(copies, batch, -1))
-        return torch.stack(stacked)
-
     def _fused_generic(self, model, out: ModelOutput, subsets: List[Subset], pert: Perturbation) -> Tensor:
         """(S, P', B, C) perturbed logits from the fusion network on perturbed features; one
         fusion call over all subsets' rows when the parameter routing is the same for all."""
@@ -288,6 +291,36 @@ class MIPD(nn.Module):
         return fuse
 
 
+def _decomposed_divergences(live: Tuple[Tensor, ...], perturbed_source: Tuple[Optional[Tensor], ...],
+                            shared_logits: Tensor,
+                            index: Optional[Tensor], valid: Tensor, reference: Tensor, copies: int,
+                            own: Tuple[Tuple[float, ...], ...], in_subset: Tuple[Tuple[bool, ...], ...],
+                            shared: Tuple[float, ...], all_valid: bool) -> Tensor:
+    """(S,) masked-mean divergences of a decomposable fusion: for subset s, the perturbed
+    (P', B, C) products of its modalities (rows ``index`` of the live products, or the noise/
+    zero products) plus the others' live products routed by ``own[s]`` plus the shared part
+    routed by ``shared[s]``, against the reference. Pure tensor math with the routing as
+    constants, so ``torch.compile`` can take it whole."""
+    batch = reference.shape[0]
+    rows = [None if src is None else src[index].view(copies, batch, -1) if index is not None
+            else src.view(copies, batch, -1) for src in perturbed_source]
+    stacked = []
+    for mask, factors, shared_factor in zip(in_subset, own, shared):
+        logits = grad_multiply(shared_logits, shared_factor)
+        for k, inside in enumerate(mask):
+            logits = logits + (rows[k] if inside else grad_multiply(live[k], factors[k]))
+        stacked.append(logits.expand(copies, batch, -1))
+    return _masked_rows_mean(_row_divergence(torch.stack(stacked), reference), valid, copies, all_valid)
+
+
+def _masked_rows_mean(per_row: Tensor, valid: Tensor, copies: int, all_valid: bool) -> Tensor:
+    """(S,) means of (S, P', B) divergences over the valid perturbed rows (0 if none)."""
+    if all_valid:  # the ``all`` kind: every row counts
+        return per_row.mean((1, 2))
+    mask = valid.view(copies, -1).to(per_row.dtype)
+    return (per_row * mask).sum((1, 2)) / mask.sum().clamp(min=1)
+
+
 def _is_decomposable(fusion: nn.Module) -> bool:
     return bool(getattr(fusion, "decomposable", False)) and hasattr(fusion, "modality_logits") \
         and hasattr(fusion, "shared_logits")
@@ -302,10 +335,11 @@ def _owned_parameters(fusion: nn.Module, modalities: Sequence[str]) -> Dict[int,
 
 def _row_divergence(perturbed: Tensor, reference: Tensor) -> Tensor:
     """(..., B) divergences of perturbed (..., B, C) logits from the (B, C) reference: JSD of
-    the softmaxes (the reference's log-softmax taken once), or the squared difference (C = 1)."""
+    the softmaxes (one autograd node, the reference's softmax taken once), or the squared
+    difference (C = 1)."""
     if perturbed.shape[-1] == 1:
         return (perturbed.float() - reference.float()).pow(2).mean(-1)
-    return jensen_shannon_log_probs(F.log_softmax(perturbed.float(), dim=-1), F.log_softmax(reference.float(), dim=-1))
+    return jensen_shannon_rows(perturbed, reference)
 
 
 def _noisy(x: Tensor, reference: Tensor, std: float) -> Tensor:

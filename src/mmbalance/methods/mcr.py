@@ -57,6 +57,7 @@ class MCR(Method):
         max_subset_size: Optional[int] = None
         cross_modal_only: bool = False
         routing: str = "authors"
+        compile: bool = False  # torch.compile of the MIPD math (MIPD's ``compile``); off: see docs/performance.md
         init: str = hparam("unimodal", search=choice(INITS))  # authors: unimodal (--pre) but on MOSI
 
     def __init__(self, model, hparams=None) -> None:
