@@ -15,9 +15,10 @@ from typing import Optional
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mmbalance.errors import ConfigError
-from mmbalance.methods import REGISTRY, Ensemble, Joint, MCR, MSLR, MultiLoss, PMR, Unimodal, get_method
+from mmbalance.methods import MLB, REGISTRY, Ensemble, Joint, MCR, MSLR, MultiLoss, PMR, Unimodal, get_method
 from mmbalance.methods.base import Method, NoHyperparameters, _with_common_options, register, zero_like_loss
 from mmbalance.methods.hparams import SEARCH, Search, choice, hparam, int_range, log_uniform, searched, uniform
 from mmbalance.methods.pipeline import Stage, unimodal_stages
@@ -404,8 +405,8 @@ def test_ensemble_standardized_sum_by_hand():
 def test_ensemble_softmax_mean_and_regression_by_hand():
     method = Ensemble(_model(num_classes=2), Ensemble.Hyperparameters(combine="softmax_mean"))
     za = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])  # rows: (1/2, 1/2), (1/4, 3/4)
-    zv = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])  # rows: (3/4, 1/4), (1/2, 1/2)
-    want = torch.tensor([[0.625, 0.375], [0.375, 0.625]])
+    zv = torch.tensor([[math.log(3.0), 0.0], [0.0, math.log(3.0)]])  # rows: (3/4, 1/4), (1/4, 3/4)
+    want = torch.tensor([[0.625, 0.375], [0.25, 0.75]])  # (a softmax over the batch: [[5/8, 1/4], [3/8, 3/4]])
     assert torch.allclose(method.predict(_ensemble_out(za, zv)), want, atol=1e-6)
     reg = Ensemble(_model(num_classes=1))
     got = reg.predict(_ensemble_out(torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[3.0], [0.0], [4.0]])))
@@ -498,3 +499,40 @@ def test_pmr_scores_are_the_per_sample_softmax_over_classes():
     assert list(loss.terms) == ["task", "prototype/a"]
     want = 2.0 * F.cross_entropy(-torch.cdist(feats["a"], method.prototypes("a")), labels)
     assert torch.allclose(loss.terms["prototype/a"], want)
+
+
+def test_pmr_first_tenth_uses_a_loader_without_batch_size_as_is():
+    class Batches:  # has a dataset, but no batch_size to rebuild it with
+        dataset = list(range(30))
+
+        def __len__(self):
+            return 30
+
+        def __iter__(self):
+            return iter(range(30))
+
+    assert list(PMR(_model())._first_tenth(Batches(), epoch=0)) == [0, 1, 2]
+
+
+# MLB with a user's fusion module
+
+
+class _UserFusion(nn.Module):
+    """A fusion module of the user's: no ``decomposable`` attribute, so not decomposable."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, features):
+        return self.linear(torch.cat([features["a"], features["v"]], -1))
+
+
+def test_mlb_modulates_encoder_and_head_only_under_a_fusion_without_decomposable():
+    torch.manual_seed(0)
+    encoders = {"a": MLPEncoder(5, 4, hidden=6, layers=1), "v": MLPEncoder(3, 4, hidden=6, layers=1)}
+    method = MLB(MultimodalModel(encoders, 3, fusion=_UserFusion()))
+    model = method.model
+    for m in ("a", "v"):
+        want = list(model.modality_parameters(m)) + list(model.head_parameters(m))
+        assert _ids(method.modulated_parameters(m)) == _ids(want)
