@@ -68,11 +68,20 @@ def test_atomic_write_text_takes_a_string_path_and_writes_utf8(tmp_path):
 # checkpoints
 
 
+class Extra:
+    """An object a training checkpoint may hold besides tensors (callback or loop state)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 def test_method_state_keeps_the_method_entries_without_their_prefix(tmp_path):
     assert METHOD_PREFIX == "method."
     ckpt = tmp_path / "x.ckpt"
+    # Extra: not a tensor or a plain container, so torch.load(weights_only=True) would refuse it
     torch.save({"state_dict": {"method.model.w": torch.ones(2), "method.weights": torch.zeros(1),
-                               "other.w": torch.full((2,), 3.0), "methodx": torch.ones(1)}, "epoch": 3}, ckpt)
+                               "other.w": torch.full((2,), 3.0), "methodx": torch.ones(1)}, "epoch": 3,
+                "callbacks": {"x": Extra(Path("a"))}}, ckpt)
     got = method_state(ckpt)
     assert list(got) == ["model.w", "weights"]
     assert torch.equal(got["model.w"], torch.ones(2)) and torch.equal(got["weights"], torch.zeros(1))
@@ -158,6 +167,9 @@ def test_link_to_a_cached_stage(tmp_path):
     assert link.path.is_symlink() and os.readlink(link.path) == os.path.join("..", "..", "cache", "k1")
     assert link.path.resolve() == cache.path.resolve()
     link.link_to(cache)  # already that stage: nothing to do
+    second = RunDir(tmp_path / "run" / "stages" / "unimodal_x")  # its parent exists now
+    second.link_to(other)
+    assert os.readlink(second.path) == os.path.join("..", "..", "cache", "k2")
     with pytest.raises(DataError) as err:
         link.link_to(other)
     assert str(err.value) == f"{link.path} exists and is not the cached stage {other.path}"
@@ -217,6 +229,11 @@ def test_missing_unfinished_and_misnamed_runs_are_one_clear_error(tmp_path):
         missing.read_config()
     assert str(err.value) == f"run directory {tmp_path / 'nope'} does not exist"
     unfinished = RunDir(tmp_path / "run").mkdir()
+    unfinished.write_metrics({})
+    with pytest.raises(DataError) as err:  # missing, though its parent is a run folder
+        RunDir(unfinished.path / "nope").read_metrics()
+    assert str(err.value) == f"run directory {unfinished.path / 'nope'} does not exist"
+    unfinished.metrics.unlink()
     with pytest.raises(DataError) as err:
         unfinished.read_metrics()
     assert str(err.value) == f"{unfinished.path} has no metrics.json: not a finished `mmbalance train` run"
@@ -291,7 +308,8 @@ def test_predictions_of_a_method_without_unimodal_heads_and_without_a_model(tmp_
     run.write_predictions(Plain(), [({"a": x["a"]}, y) for x, y in batches])
     with np.load(run.predictions) as f:
         assert f["unimodal"].shape == (0, 5, 2) and f["unimodal"].dtype == np.float32
-        assert f["modalities"].shape == (0,) and str(f["task"]) == "classification"
+        assert f["modalities"].shape == (0,) and f["modalities"].dtype.kind == "U"
+        assert str(f["task"]) == "classification"
     assert run.read_predictions().unimodal == {}
 
 
