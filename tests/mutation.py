@@ -33,7 +33,7 @@ MODULES = {
                 # minutes per run and are left out, except test_init.py's two that train nothing;
                 # the two search-space tests of tests/bench/test_tune.py drive Search/search_space
                 ["tests/methods/test_agm.py", "tests/methods/test_contract.py", "tests/methods/test_method_details.py",
-                 "tests/methods/test_mlb.py",
+                 "tests/methods/test_machinery.py", "tests/methods/test_mlb.py",
                  "tests/methods/test_mmcosine.py", "tests/methods/test_mslr.py", "tests/methods/test_ogm.py",
                  "tests/methods/test_ogm_ge.py", "tests/methods/test_pmr.py",
                  "tests/methods/test_regression_loss.py",
@@ -43,7 +43,11 @@ MODULES = {
                  "tests/bench/test_tune.py::test_declared_spaces"]),
     "arrays": (["src/mmbalance/data/arrays.py"],
                ["tests/data/test_user_arrays.py", "tests/data/test_arrays_contract.py"]),
-    "rundir": (["src/mmbalance/engine/rundir.py"], ["tests/training/test_run.py", "tests/training/test_interrupt.py"]),
+    # test_run.py and test_interrupt.py's SIGKILL tests train whole runs (tens of seconds to
+    # minutes each, and most rundir mutants reach all of them): only their fast atomic-write tests
+    "rundir": (["src/mmbalance/engine/rundir.py"],
+               ["tests/engine/test_rundir.py", "tests/training/test_interrupt.py::test_checkpoint_write_is_atomic",
+                "tests/training/test_interrupt.py::test_metrics_write_is_atomic"]),
 }
 
 
