@@ -270,3 +270,20 @@ def test_generic_path_latent_zero_with_one_subset(routing):
     got = mipd(model, out, torch.zeros(B, dtype=torch.long))
     pred = model.fuse({"a": torch.zeros_like(out.features["a"]), "v": out.features["v"]})
     assert got.item() == pytest.approx(-jensen_shannon(pred, out.logits).item(), rel=1e-5)
+
+
+@pytest.mark.slow  # torch.compile's first call takes 10-60 s on a 2-core CPU
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_compiled_decomposed_path_equals_the_eager_one(strategy):
+    results = []
+    for compile in (False, True):
+        model, x, y = _model("avt")
+        out = model(x)
+        torch.manual_seed(5)
+        value = MIPD(strategy, weight=1.0, num_permutations=P, compile=compile)(model, out, y)
+        value.backward()
+        results.append((value.item(), _grads(model)))
+    (v1, g1), (v2, g2) = results
+    assert v1 == pytest.approx(v2, abs=1e-6)
+    for group in g1:
+        torch.testing.assert_close(g1[group], g2[group], rtol=0, atol=1e-6, msg=group)

@@ -56,34 +56,10 @@ def supervised_contrastive(features: Sequence[Tensor], labels: Tensor, temperatu
         return _cross_modal(sim, same, num_mod, batch)
     eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
     positive = same & ~eye
-    return _StackedNTXent.apply(sim, same, positive)
-
-
-class _StackedNTXent(torch.autograd.Function):
-    """The stacked NT-Xent from the similarity matrix, with its gradient written out (one
-    node instead of ~15 small ones; the MCR step is launch-bound on small models).
-
-    ``loss = sum_{(i,j) positive} softplus(n_i - s_ij) / |positive|`` with ``n_i`` the
-    log-sum-exp of row i's negatives. With ``w_ij = sigmoid(n_i - s_ij) / |positive|`` on
-    positive pairs: ``dL/ds_ij = -w_ij`` (positives) and ``dL/ds_ik = (sum_j w_ij)
-    softmax_negatives(s_i)_k`` (negatives)."""
-
-    @staticmethod
-    def forward(ctx, sim: Tensor, same: Tensor, positive: Tensor) -> Tensor:  # type: ignore[override]
-        negatives = sim.masked_fill(same, float("-inf"))
-        neg_lse = torch.logsumexp(negatives, dim=1, keepdim=True)  # -inf for a row without negatives
-        gap = neg_lse - sim
-        count = positive.sum().clamp(min=1).to(sim.dtype)
-        pair = F.softplus(gap).masked_fill(~positive, 0.0)  # = -log(e^s / (e^s + sum_neg e^s_n)); 0 if no negatives
-        ctx.save_for_backward(negatives, neg_lse, gap, positive, count)
-        return pair.sum() / count
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        negatives, neg_lse, gap, positive, count = ctx.saved_tensors
-        w = torch.sigmoid(gap).masked_fill(~positive, 0.0) * (grad / count)
-        share = torch.exp(negatives - neg_lse.clamp(min=torch.finfo(gap.dtype).min))  # 0 off the negatives
-        return share * w.sum(1, keepdim=True) - w, None, None
+    neg_lse = torch.logsumexp(sim.masked_fill(same, float("-inf")), dim=1, keepdim=True)
+    pair_loss = F.softplus(neg_lse - sim)  # = -log(e^s / (e^s + sum_neg e^s_n)); 0 if no negatives
+    pair_loss = torch.where(positive, pair_loss, torch.zeros_like(pair_loss))
+    return pair_loss.sum() / positive.sum().clamp(min=1)
 
 
 def _cross_modal(sim: Tensor, same: Tensor, num_mod: int, batch: int) -> Tensor:
