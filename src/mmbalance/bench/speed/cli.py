@@ -27,6 +27,11 @@ def register_bench(bench_sub) -> None:
     s.add_argument("--profile", nargs="+", metavar="METHOD",
                    help="instead of the table: torch.profiler tables of these methods (first --settings entry)")
     s.add_argument("--profile-steps", type=int, default=3)
+    s.add_argument("--loop", action="store_true",
+                   help="instead of the table: whole runs of `mmbalance train` (joint, synthetic, 1 and 10 epochs) "
+                        "against a plain PyTorch loop, fresh processes; writes loop.md and loop.json")
+    s.add_argument("--loop-epochs", type=int, nargs="+", default=[1, 10], metavar="E",
+                   help="epoch counts of --loop (default 1 10)")
     s.set_defaults(func=cmd_bench_speed)
 
 
@@ -56,6 +61,21 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc.args[0])) from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.loop:
+        import json
+
+        from .loop import loop_markdown, measure_loop
+        if any(e < 1 for e in args.loop_epochs):
+            raise ConfigError(f"--loop-epochs must be >= 1, got {args.loop_epochs}")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = measure_loop(args.loop_epochs, repeats=args.repeats or 3, threads=args.threads or 1,
+                            log=lambda line: print(line, flush=True))
+        (out / "loop.json").write_text(json.dumps(rows, indent=2))
+        (out / "loop.md").write_text(loop_markdown(rows))
+        print(loop_markdown(rows))
+        print(f"wrote {out / 'loop.md'}, {out / 'loop.json'}")
+        return 0
     if args.profile:
         profile_cells(settings[0], args.profile, Path(args.out), steps=args.profile_steps, device=args.device,
                             precision=args.precision, log=lambda line: print(line, flush=True))
