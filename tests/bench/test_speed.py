@@ -60,6 +60,10 @@ def test_label_patterns():
     v = speed.variant_by_label("mcr_p64_chunk128_singletons")
     assert (v.method, dict(v.hparams), v.chunk_size) == ("mcr", {"num_permutations": 64, "max_subset_size": 1}, 128)
     assert dict(speed.variant_by_label("mcr_input_noise_p3").hparams)["perturbation"] == "input_noise"
+    v = speed.variant_by_label("mcr_p32_mipd_only_compile")
+    assert dict(v.hparams) == {"num_permutations": 32, "contrastive_weight": 0.0, "compile": True}
+    method = speed.build_method(speed.variant_by_label("mcr_p1_mipd_only"), speed.build_model(TINY))
+    assert method.regularizer.contrastive_weight == 0.0 and method.regularizer.mipd.compile is False
     with pytest.raises(KeyError):
         speed.variant_by_label("mcr_p0")
 

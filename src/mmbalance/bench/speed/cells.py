@@ -176,16 +176,19 @@ MODALITY_VARIANTS: Tuple[SpeedVariant, ...] = (
 
 
 _PATTERNS = (
-    (re.compile(r"mcr_p(\d+)(?:_chunk(\d+))?(_singletons)?"), lambda p, c, s: _mcr(
-        f"mcr_p{p}" + (f"_chunk{c}" if c else "") + (s or ""), int(p),
-        **({"chunk_size": int(c)} if c else {}), **({"max_subset_size": 1} if s else {}))),
+    (re.compile(r"mcr_p(\d+)(?:_chunk(\d+))?(_singletons)?(_mipd_only)?(_compile)?"), lambda p, c, s, o, k: _mcr(
+        f"mcr_p{p}" + (f"_chunk{c}" if c else "") + (s or "") + (o or "") + (k or ""), int(p),
+        **({"chunk_size": int(c)} if c else {}), **({"max_subset_size": 1} if s else {}),
+        **({"contrastive_weight": 0.0} if o else {}), **({"compile": True} if k else {}))),
     (re.compile(r"mcr_input_noise_p(\d+)"), lambda p: _mcr(f"mcr_input_noise_p{p}", int(p),
                                                             perturbation="input_noise")),
 )
 
 
 def variant_by_label(label: str) -> SpeedVariant:
-    """A table label, or a pattern: ``mcr_p<P>[_chunk<N>][_singletons]``, ``mcr_input_noise_p<P>``."""
+    """A table label, or a pattern: ``mcr_p<P>[_chunk<N>][_singletons][_mipd_only][_compile]``
+    (``_mipd_only``: contrastive_weight 0, the MIPD's own cost; ``_compile``: the MIPD under
+    ``torch.compile``, compiled during the warm-up), ``mcr_input_noise_p<P>``."""
     for v in METHODS + PERMUTATION_SWEEP + MODALITY_VARIANTS:
         if v.label == label:
             return v
@@ -195,7 +198,7 @@ def variant_by_label(label: str) -> SpeedVariant:
             return make(*match.groups())
     known = ", ".join(v.label for v in METHODS + PERMUTATION_SWEEP + MODALITY_VARIANTS)
     raise KeyError(f"unknown speed benchmark method {label!r}; valid: {known}, or mcr_p<P>[_chunk<N>]"
-                   "[_singletons], mcr_input_noise_p<P>")
+                   "[_singletons][_mipd_only][_compile], mcr_input_noise_p<P>")
 
 
 def build_method(variant: SpeedVariant, model: MultimodalModel):
