@@ -15,15 +15,18 @@ TINY_SET = ["data.dim=8", "data.latent_dim=4", "data.batch_size=32", "model.feat
 
 
 def test_tuned_quick_sweep_writes_results_summary_and_plot_then_skips_on_rerun(tmp_path, capsys, one_thread):
-    args = ["bench", "synthetic", "--quick", "--methods", "joint", "--n", "200", "--epochs", "1",
-            "--trials-per-method", "1", "--out", str(tmp_path), "--set", *TINY_SET]
+    # a planted signal: class vectors 4 noise s.d. apart, so even a few epochs learn it
+    args = ["bench", "synthetic", "--quick", "--methods", "joint", "--n", "400", "--epochs", "8",
+            "--trials-per-method", "1", "--out", str(tmp_path), "--set", *TINY_SET, "data.signal1=4", "data.signal2=4"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "joint trial 0:" in out and out.count("] joint ") == 3  # one progress line per finished run
     tuned_lr = load_yaml(tmp_path / "tuned" / "joint.yaml")["optim.lr"]
     rows = ResultsFile(tmp_path / "results.csv").rows()
     assert len(rows) == 3 and {r["method"] for r in rows} == {"joint"}
-    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 and float(r["train_seconds"]) > 0 for r in rows)
+    # learned, not chance (20%): each ratio's 60 test rows at least 15 points (3 s.e.) above it
+    # (measured 70.0 / 61.7 / 56.7 against Bayes ceilings of about 91% at U1/S = 8)
+    assert all(float(r["test_accuracy"]) >= 0.35 and float(r["train_seconds"]) > 0 for r in rows)
     assert {float(r["ratio"]) for r in rows} == {0.125, 1.0, 8.0}
     assert all(json.loads(r["hyperparameters"])["optim.lr"] == tuned_lr and r["tuning_trials"] == "1"
                for r in rows)
