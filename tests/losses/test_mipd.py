@@ -147,13 +147,19 @@ def test_features_routing_differs_exactly_where_the_audit_found():
 @pytest.mark.parametrize("modalities", ["av", "avt"])
 @pytest.mark.parametrize("kind", ["all", "derangement", "different_label"])
 def test_decomposed_path_equals_generic_path(strategy, modalities, kind):
+    _assert_same_value_and_gradients(modalities, *[dict(strategy=strategy, permutation=kind, decompose=d)
+                                                   for d in (True, False)])
+
+
+def _assert_same_value_and_gradients(modalities, *options):
+    """Each MIPD built from ``options`` on the same model, batch and permutations gives the
+    same value and the same gradient of every parameter group (to 1e-6)."""
     results = []
-    for decompose in (True, False):
+    for kwargs in options:
         model, x, y = _model(modalities)
         out = model(x)
         torch.manual_seed(5)
-        mipd = MIPD(strategy, weight=1.0, num_permutations=P, permutation=kind, decompose=decompose)
-        value = mipd(model, out, y)
+        value = MIPD(weight=1.0, num_permutations=P, **kwargs)(model, out, y)
         value.backward()
         results.append((value.item(), _grads(model)))
     (v1, g1), (v2, g2) = results
@@ -275,15 +281,4 @@ def test_generic_path_latent_zero_with_one_subset(routing):
 @pytest.mark.slow  # torch.compile's first call takes 10-60 s on a 2-core CPU
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_compiled_decomposed_path_equals_the_eager_one(strategy):
-    results = []
-    for compile in (False, True):
-        model, x, y = _model("avt")
-        out = model(x)
-        torch.manual_seed(5)
-        value = MIPD(strategy, weight=1.0, num_permutations=P, compile=compile)(model, out, y)
-        value.backward()
-        results.append((value.item(), _grads(model)))
-    (v1, g1), (v2, g2) = results
-    assert v1 == pytest.approx(v2, abs=1e-6)
-    for group in g1:
-        torch.testing.assert_close(g1[group], g2[group], rtol=0, atol=1e-6, msg=group)
+    _assert_same_value_and_gradients("avt", dict(strategy=strategy), dict(strategy=strategy, compile=True))
