@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torch", "lightning", "torchmetrics", "optuna", "matplotlib")
 
 
@@ -30,3 +32,10 @@ def test_the_public_names_still_resolve_on_first_use():
 def test_the_synthetic_generator_does_not_import_torchmetrics_or_lightning():
     loaded = _loaded_after("from mmbalance.data.synthetic import make_synthetic")
     assert not loaded & {"torchmetrics", "lightning", "matplotlib", "optuna"}
+
+
+def test_subpackages_resolve_as_attributes_and_unknown_names_raise():
+    import mmbalance as mb
+    assert mb.models.Select.__name__ == "Select" and "mcr" in mb.methods.REGISTRY
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mb.nope

@@ -5,6 +5,7 @@ al.) and of the balancing methods it is compared against.
 """
 
 import importlib
+import importlib.util
 
 from .errors import ConfigError, DataError, MMBalanceError, NonFiniteLossError
 from .version import __version__
@@ -17,10 +18,13 @@ _LAZY = {"losses": None, "MCRLoss": "losses", "MIPD": "losses", "SupervisedContr
 
 
 def __getattr__(name: str):
-    if name not in _LAZY:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+        value = module if _LAZY[name] is None else getattr(module, name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # a subpackage: mb.models.Select
+    else:
         raise AttributeError(f"module 'mmbalance' has no attribute {name!r}")
-    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-    value = module if _LAZY[name] is None else getattr(module, name)
     globals()[name] = value
     return value
 
