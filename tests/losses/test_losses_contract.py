@@ -1,0 +1,197 @@
+"""Contract tests written against the survivors of the losses mutation run (issue 13 point 8):
+each checks a documented behaviour against hand-computed values or an independent reference.
+docs/testing.md lists which test kills which mutants."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from mmbalance import CEB, MIPD, MLPEncoder, MultimodalModel, SupervisedContrastive
+from mmbalance.losses import jensen_shannon
+from mmbalance.models.lazy import is_placeholder
+
+B = 6
+
+
+def _lazy_model(device=None):
+    """Encoders without ``out_dim``: the feature sizes (4 and 6) are known only after a batch."""
+    torch.manual_seed(0)
+    return MultimodalModel({"a": nn.Linear(5, 4, device=device), "v": nn.Linear(7, 6, device=device)}, 3)
+
+
+def _batch():
+    return {"a": torch.randn(2, 5), "v": torch.randn(2, 7)}
+
+
+# ----------------------------------------------------------------- lazy heads (bind/_realize)
+def test_ceb_bind_on_a_lazy_model_is_a_placeholder_realized_in_place_on_the_first_batch():
+    model = _lazy_model()
+    assert not model.materialized
+    term = CEB()
+    assert term.bind(model) is term
+    assert is_placeholder(term.head)
+    params = list(term.head.parameters())
+    assert [type(p).__name__ for p in params] == ["UninitializedParameter"] * 2
+    assert term.bind(model).head is term.head  # bound already: kept
+    model.materialize(_batch())
+    first, _, last = term.head.net
+    # C = 3 logits in, hidden = mean D_m = (4 + 6) / 2 = 5, sum D_m = 10 out
+    assert (first.in_features, first.out_features, last.in_features, last.out_features) == (3, 5, 5, 10)
+    assert not is_placeholder(term.head)
+    assert [p.shape for p in term.head.parameters()] == [torch.Size([5, 3]), torch.Size([10, 5])]
+    assert all(a is b for a, b in zip(term.head.parameters(), params))  # the optimizer's objects
+    out = model({"a": torch.randn(B, 5), "v": torch.randn(B, 7)})
+    assert torch.isfinite(term(out))
+
+
+def test_contrastive_bind_on_a_lazy_model_is_a_placeholder_realized_in_place_on_the_first_batch():
+    model = _lazy_model()
+    term = SupervisedContrastive()
+    assert term.bind(model) is term
+    assert not term.built and is_placeholder(term.projections) and set(term.projections) == {"a", "v"}
+    params = dict(term.projections.named_parameters())
+    model.materialize(_batch())
+    assert term.built is True and not is_placeholder(term.projections)
+    # the sizes differ (4, 6): projections to the smallest, 4
+    assert {m: (p.in_features, p.out_features) for m, p in term.projections.items()} == {"a": (4, 4), "v": (6, 4)}
+    assert all(p is params[n] for n, p in term.projections.named_parameters())
+    term.bind(model)  # built: nothing changes
+    assert all(p is params[n] for n, p in term.projections.named_parameters())
+
+
+def test_lazy_placeholders_live_on_the_models_device():
+    model = _lazy_model(device="meta")  # a device other than the default
+    assert {p.device.type for p in CEB().bind(model).head.parameters()} == {"meta"}
+    assert {p.device.type for p in SupervisedContrastive().bind(model).projections.parameters()} == {"meta"}
+
+
+# ----------------------------------------------------------------- the warning's stacklevel
+def test_caller_level_is_the_first_frame_outside_the_losses_and_torch_from_level_2(monkeypatch):
+    """``_caller_level`` on a made-up stack (frame 0 is itself): the level of the first frame
+    from level 2 on whose file is outside ``mmbalance/losses`` and torch; 2 when there is none.
+    It asks for no source lines (``context=0``)."""
+    import inspect
+
+    from mmbalance.losses import mcr
+    here = os.path.dirname(os.path.abspath(mcr.__file__))
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    loss, tor = os.path.join(here, "mcr.py"), os.path.join(torch_dir, "nn", "modules", "module.py")
+    user, other = "/somewhere/user.py", "/somewhere/train.py"
+    cases = [([loss, user, other], 2),           # level 1 is outside, but level 1 never counts
+             ([loss, loss, tor, user, other], 3),
+             ([loss, loss, tor, tor, loss, other], 5),
+             ([loss, loss, tor], 2),             # nothing outside: 2
+             ([loss, user], 2),
+             ([loss, loss, here + "_evil/x.py"], 2)]  # a sibling folder is outside
+    for files, expected in cases:
+        calls = []
+
+        def fake_stack(context=1, _files=files):
+            calls.append(context)
+            return [SimpleNamespace(filename=f) for f in _files]
+
+        monkeypatch.setattr(inspect, "stack", fake_stack)
+        assert mcr._caller_level() == expected, files
+        assert calls == [0]
+
+
+# ----------------------------------------------------------------- input perturbations
+def test_input_zero_re_encodes_through_the_models_pooling():
+    """``input_*`` perturbations go through ``model.encode_modality`` (the model's checks and
+    sequence pooling), not the bare encoder: a (B, T, 5) sequence is mean-pooled over T."""
+    model = _lazy_model()  # nn.Linear maps a (B, T, 5) sequence to (B, T, 4)
+    model.eval()
+    x = {"a": torch.randn(B, 3, 5), "v": torch.randn(B, 7)}
+    out = model(x)
+    mipd = MIPD(weight=1.0, perturbation="input_zero")
+    mipd.subsets = lambda modalities: [("a",)]
+    got = mipd(model, out, torch.zeros(B, dtype=torch.long), inputs=x)
+    zero_a = model.encoders["a"](torch.zeros(B, 3, 5)).mean(1)  # pooled by hand
+    pred = model.fuse({"a": zero_a, "v": out.features["v"]})
+    assert got.item() == pytest.approx(-jensen_shannon(pred, out.logits).item(), rel=1e-5)
+
+
+def test_reencode_uses_the_bare_encoder_when_the_model_has_no_encode_modality():
+    encoder = nn.Linear(2, 3)
+
+    class Bare(nn.Module):  # a model with encoders but no encode_modality
+        def __init__(self):
+            super().__init__()
+            self.encoders = nn.ModuleDict({"a": encoder})
+
+    x = torch.randn(4, 2)
+    got = MIPD(perturbation="input_zero")._reencode(Bare(), "a", x, 1)
+    torch.testing.assert_close(got, encoder(torch.zeros(4, 2)))
+
+
+# ----------------------------------------------------------------- chunked path
+def _three_class_model(fusion):
+    torch.manual_seed(0)
+    model = MultimodalModel({"a": MLPEncoder(5, 4, 6, 1), "v": MLPEncoder(7, 6, 6, 1)}, 3, fusion=fusion,
+                            fusion_hidden=8)
+    x = {"a": torch.randn(B, 5), "v": torch.randn(B, 7)}
+    return model, x, torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def test_chunked_fusion_calls_hold_at_most_chunk_size_rows():
+    """``chunk_size`` bounds the rows of every fusion call (whole copies of the batch): with
+    chunk_size = B, P = 4 copies are fused one copy (B rows) at a time, per subset."""
+    model, x, y = _three_class_model("concat_mlp")
+    out = model(x)
+    rows = []
+    hook = model.fusion.register_forward_pre_hook(lambda module, args: rows.append(next(iter(args[0].values())).shape[0]))
+    try:
+        MIPD("collaborative", weight=1.0, num_permutations=4, chunk_size=B, routing="features")(model, out, y)
+    finally:
+        hook.remove()
+    assert rows == [B] * 8  # 2 subsets x 4 copies
+
+
+@pytest.mark.parametrize("fusion", ["concat_linear", "concat_mlp"])
+def test_chunked_different_label_masks_rows_like_the_one_pass(fusion):
+    """With ``different_label`` some perturbed rows do not count: the chunked mean over the
+    valid rows equals the one-pass (unchunked) value for the same permutations."""
+    values = []
+    for chunk_size in (None, B):
+        model, x, y = _three_class_model(fusion)
+        out = model(x)
+        torch.manual_seed(3)
+        values.append(MIPD("greedy", weight=1.0, num_permutations=4, permutation="different_label",
+                           chunk_size=chunk_size).divergences(model, out, y))
+    torch.manual_seed(3)
+    _, valid = __import__("mmbalance").losses.sample_permutations(B, 4, "different_label", torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert 0 < valid.sum() < valid.numel()  # some rows masked: the case under test
+    assert torch.isfinite(values[1]).all()
+    torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------- compile option
+def test_compile_option_compiles_the_decomposed_math_once_with_static_shapes(monkeypatch):
+    """``compile=True`` hands ``_decomposed_divergences`` to ``torch.compile`` (static shapes)
+    once and reuses it; torch.compile is replaced here by a recorder (the real one takes a
+    minute on this CPU; the slow test compares the compiled values)."""
+    from mmbalance.losses import mipd as mipd_module
+    calls = []
+
+    def fake_compile(fn=None, **kwargs):
+        calls.append((fn, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model, x, y = _three_class_model("concat_linear")
+    out = model(x)
+    mipd = MIPD(weight=1.0, num_permutations=4, compile=True)
+    torch.manual_seed(1)
+    first = mipd.divergences(model, out, y)
+    torch.manual_seed(1)
+    second = mipd.divergences(model, out, y)
+    torch.manual_seed(1)
+    eager = MIPD(weight=1.0, num_permutations=4).divergences(model, out, y)
+    assert calls == [(mipd_module._decomposed_divergences, {"dynamic": False})]
+    torch.testing.assert_close(first, eager)
+    torch.testing.assert_close(second, eager)
