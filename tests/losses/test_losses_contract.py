@@ -195,3 +195,124 @@ def test_compile_option_compiles_the_decomposed_math_once_with_static_shapes(mon
     assert calls == [(mipd_module._decomposed_divergences, {"dynamic": False})]
     torch.testing.assert_close(first, eager)
     torch.testing.assert_close(second, eager)
+
+
+# ----------------------------------------------------------------- constructors
+def test_ceb_and_contrastive_defaults_messages_and_eager_build():
+    from mmbalance import ConfigError
+    from mmbalance.losses import supervised_contrastive
+    torch.manual_seed(0)
+    feats = {"a": torch.randn(B, 4), "v": torch.randn(B, 4)}
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    # defaults: weight 1 (and temperature 0.5): the bare function's value
+    assert SupervisedContrastive()(feats, y).item() == pytest.approx(
+        supervised_contrastive(list(feats.values()), y, 0.5).item(), rel=1e-6)
+    term = CEB(num_classes=3, feature_dims={"a": 4, "v": 4})
+    out = SimpleNamespace(logits=torch.randn(B, 3), features=feats)
+    target = torch.cat([feats["a"], feats["v"]], 1)
+    assert term(out).item() == pytest.approx(((term.head(out.logits) - target) ** 2).mean().item(), rel=1e-6)
+    with pytest.raises(ConfigError, match=r"^CEB weight must be >= 0, got -1.0$"):
+        CEB(weight=-1.0)
+    with pytest.raises(ConfigError, match=r"^SupervisedContrastive weight must be >= 0, got -2.0$"):
+        SupervisedContrastive(weight=-2.0)
+    with pytest.raises(ConfigError, match=r"^SupervisedContrastive temperature must be > 0, got 0.0$"):
+        SupervisedContrastive(temperature=0.0)
+    # the CEB head is built at once only with both sizes: C = 3 in, mean D = 5 hidden, sum D = 10 out
+    first, _, last = CEB(num_classes=3, feature_dims={"a": 4, "v": 6}).head.net
+    assert (first.in_features, first.out_features, last.out_features) == (3, 5, 10)
+    assert CEB(num_classes=3).head is None and CEB(feature_dims={"a": 4, "v": 6}).head is None
+
+
+def test_mcr_passes_compile_to_the_mipd():
+    from mmbalance import MCRLoss
+    assert MCRLoss(compile=True).mipd.compile is True and MCRLoss().mipd.compile is False
+
+
+def test_first_use_warning_points_outside_the_losses_package():
+    from pathlib import Path
+
+    from mmbalance import MCRLoss
+    from mmbalance.losses import mcr
+    model, x, y = _three_class_model("concat_linear")
+    with pytest.warns(UserWarning, match="first use") as record:
+        MCRLoss(num_permutations=2, ceb_weight=1.0)(model, model(x), y)
+    where = Path(record[0].filename).resolve()
+    assert Path(mcr.__file__).resolve().parent not in where.parents and "torch" not in where.parts
+
+
+# ----------------------------------------------------------------- gradients, divergence
+def test_grad_multiply_scales_the_gradient_by_any_factor():
+    from mmbalance.losses import grad_multiply
+    for factor in (0.5, -2.0, 3.0):
+        x = torch.tensor([1.0, -2.0], requires_grad=True)
+        y = grad_multiply(x, factor)
+        assert torch.equal(y, x.detach())
+        (y * torch.tensor([1.0, 10.0])).sum().backward()
+        assert x.grad.tolist() == [factor, 10.0 * factor]
+
+
+def test_jensen_shannon_stays_within_its_bounds_after_rounding_and_warns_nothing():
+    """Near-equal rows round to slightly below 0 and far-apart rows slightly above ln 2 before
+    the clamp; the softmax axis is given explicitly (no implicit-dim warning)."""
+    import warnings
+
+    from mmbalance.losses import jensen_shannon_per_sample
+    from mmbalance.losses.divergence import LN2
+    torch.manual_seed(0)
+    a = torch.randn(20000, 5) * 3
+    near = jensen_shannon_per_sample(a, a + 1e-7 * torch.randn_like(a))
+    assert near.min().item() == 0.0  # some rows are -4e-15 before the clamp
+    far_p, far_q = torch.randn(2000, 10) * 20, torch.randn(2000, 10) * 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        far = jensen_shannon_per_sample(far_p, far_q)
+    assert far.max() <= torch.tensor(LN2) and (far == torch.tensor(LN2)).any()  # some are 1 ulp above before
+
+
+def test_noisy_draws_float32_noise_and_returns_the_input_dtype():
+    """For a bfloat16 x the noise is drawn in float32, scaled, then rounded once to bfloat16
+    (drawing it in bfloat16 would round twice) and the result stays bfloat16."""
+    from mmbalance.losses.mipd import _noisy
+    ref = torch.tensor([[0.0, 5.0, 0.0], [1.0, 5.5, 4.0]])  # population std 0.5, 0.25, 2
+    torch.manual_seed(1)
+    x = torch.randn(64, 3).to(torch.bfloat16)
+    torch.manual_seed(0)
+    got = _noisy(x, ref, 0.7)
+    torch.manual_seed(0)
+    expected = x + (0.7 * torch.tensor([0.5, 0.25, 2.0]) * torch.randn(64, 3)).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+
+
+def test_chunked_mean_over_one_valid_row_is_that_rows_divergence():
+    """``_chunked`` on a hand-made perturbation: 2 copies of a batch of 3 (chunk_size 3: one
+    copy per chunk) where only row 4 counts (copy 1, position 1, which takes row 2): the
+    result is the JSD of that one perturbed prediction, divided by 1."""
+    from mmbalance.losses.mipd import Perturbation
+    model, x, _ = _three_class_model("concat_mlp")
+    model.eval()
+    out = model({m: v[:3] for m, v in x.items()})
+    index = torch.tensor([0, 1, 2, 1, 2, 0])
+    valid = torch.tensor([False, False, False, False, True, False])
+    pert = Perturbation(2, valid, index, {})
+    mipd = MIPD("collaborative", weight=1.0, chunk_size=3)
+    got = mipd._chunked(model, out, ("a",), pert, out.logits)
+    pred = model.fuse({"a": out.features["a"][2:3], "v": out.features["v"][1:2]})
+    assert got.item() == pytest.approx(jensen_shannon(pred, out.logits[1:2]).item(), rel=1e-5)
+    none = mipd._chunked(model, out, ("a",), Perturbation(2, torch.zeros(6, dtype=torch.bool), index, {}), out.logits)
+    assert none.item() == 0.0
+
+
+def test_features_routing_fuses_all_subsets_in_one_call():
+    """Under ``routing="features"`` the fusion parameters are routed alike for every subset,
+    so the generic path makes one fusion call over all subsets' rows (even for a fusion with
+    per-modality parameters, here concat_linear with decompose off)."""
+    model, x, y = _three_class_model("concat_linear")
+    out = model(x)
+    rows = []
+    hook = model.fusion.register_forward_pre_hook(lambda module, args: rows.append(next(iter(args[0].values())).shape[0]))
+    try:
+        MIPD("greedy", weight=1.0, num_permutations=4, routing="features", decompose=False)(model, out, y)
+    finally:
+        hook.remove()
+    assert rows == [2 * 4 * B]  # 2 subsets x 4 copies x B rows, one call
