@@ -316,3 +316,23 @@ def test_features_routing_fuses_all_subsets_in_one_call():
     finally:
         hook.remove()
     assert rows == [2 * 4 * B]  # 2 subsets x 4 copies x B rows, one call
+
+
+# ----------------------------------------------------------------- permutations
+def test_permutations_are_made_on_the_requested_device():
+    """``device`` reaches the draw and the label mask (``meta`` stands for an accelerator on
+    this CPU-only machine; the derangement's rejection loop needs real values, so not there)."""
+    from mmbalance.losses import sample_permutations
+    perms, valid = sample_permutations(4, 3, device="meta")
+    assert perms.device.type == "meta" and valid.device.type == "meta"
+    perms, valid = sample_permutations(4, 3, "different_label", torch.tensor([0, 1, 0, 1]), device="meta")
+    assert perms.device.type == "meta" and valid.device.type == "meta"
+
+
+def test_derangement_redraws_only_the_rows_with_a_fixed_point():
+    """Rows are redrawn one by one: 400 derangements of 5 take many of the 44 (each about
+    9 times), never one row repeated, and none has a fixed point."""
+    from mmbalance.losses import sample_permutations
+    perms, valid = sample_permutations(5, 400, "derangement", generator=torch.Generator().manual_seed(2))
+    assert not (perms == torch.arange(5)).any() and valid.all()
+    assert len(torch.unique(perms, dim=0)) > 30
