@@ -336,3 +336,85 @@ def test_derangement_redraws_only_the_rows_with_a_fixed_point():
     perms, valid = sample_permutations(5, 400, "derangement", generator=torch.Generator().manual_seed(2))
     assert not (perms == torch.arange(5)).any() and valid.all()
     assert len(torch.unique(perms, dim=0)) > 30
+
+
+# ----------------------------------------------------------------- MIPD.divergences
+def test_batch_of_one_warning_text_and_no_warning_for_a_batch_of_two():
+    import warnings
+    model, x, y = _three_class_model("concat_linear")
+    mipd = MIPD(weight=1.0, num_permutations=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mipd(model, model({m: v[:2] for m, v in x.items()}), y[:2])  # two rows: a real permutation exists
+    with pytest.warns(UserWarning) as record:
+        mipd(model, model({m: v[:1] for m, v in x.items()}), y[:1])
+    assert [str(w.message) for w in record] == [
+        "MCR: batch of 1, the only permutation is the identity; the MIPD term is 0"]
+
+
+def test_noise_is_drawn_modality_by_modality_in_model_order():
+    """latent_noise with modalities ordered (v, a), not alphabetically: the seeded noise of v
+    is drawn first, then a's; the value is the hand-built sum of both subsets' JSDs."""
+    from mmbalance.losses.mipd import _noisy
+    torch.manual_seed(0)
+    model = MultimodalModel({"v": MLPEncoder(7, 6, 6, 1), "a": MLPEncoder(5, 4, 6, 1)}, 3)
+    x = {"v": torch.randn(B, 7), "a": torch.randn(B, 5)}
+    model.eval()
+    out = model(x)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(4)
+    got = MIPD("collaborative", weight=1.0, num_permutations=1, perturbation="latent_noise")(model, out, y)
+    f = out.features
+    torch.manual_seed(4)
+    noisy_v = _noisy(f["v"], f["v"], 1.0)
+    noisy_a = _noisy(f["a"], f["a"], 1.0)
+    expected = jensen_shannon(model.fuse({"v": noisy_v, "a": f["a"]}), out.logits) \
+        + jensen_shannon(model.fuse({"v": f["v"], "a": noisy_a}), out.logits)
+    assert got.item() == pytest.approx(-expected.item(), rel=1e-5)
+
+
+def _fusion_rows(fusion, chunk_size, num_permutations):
+    model, x, y = _three_class_model(fusion)
+    out = model(x)
+    rows = []
+    model.fusion.register_forward_hook(lambda module, inputs, o: rows.append(o.shape[0]))
+    MIPD("collaborative", weight=1.0, num_permutations=num_permutations, chunk_size=chunk_size)(model, out, y)
+    return rows
+
+
+def test_chunking_starts_only_when_the_copies_do_not_fit_one_chunk():
+    # every copy fits (chunk_size = P * B): the one-pass decomposed path, no fusion call at all
+    assert _fusion_rows("concat_linear", 4 * B, 4) == []
+    # chunk_size below one batch: still one whole copy per call, so 2 copies are 2 calls per subset
+    assert _fusion_rows("concat_mlp", B - 1, 2) == [B] * 4
+    # 2 copies in chunks of one copy (chunk_size 2B - 1): chunked, 4 calls of B rows
+    assert _fusion_rows("concat_mlp", 2 * B - 1, 2) == [B] * 4
+
+
+def test_is_decomposable_needs_the_flag_and_both_methods():
+    from mmbalance.losses.mipd import _is_decomposable
+    f = lambda *args: None  # noqa: E731
+    assert _is_decomposable(SimpleNamespace(decomposable=True, modality_logits=f, shared_logits=f))
+    assert not _is_decomposable(SimpleNamespace(modality_logits=f, shared_logits=f))  # no flag
+    assert not _is_decomposable(SimpleNamespace(decomposable=False, modality_logits=f, shared_logits=f))
+    assert not _is_decomposable(SimpleNamespace(decomposable=True, shared_logits=f))
+    assert not _is_decomposable(SimpleNamespace(decomposable=True, modality_logits=f))
+
+
+def test_rows_kernel_passes_no_gradient_through_clamped_rows():
+    """Near-equal rows round below 0 and are clamped: like ``clamp``, the kernel gives them a
+    zero gradient (finite), equal to the autograd of the clamped log-prob form."""
+    import torch.nn.functional as F
+
+    from mmbalance.losses.divergence import jensen_shannon_log_probs, jensen_shannon_rows
+    torch.manual_seed(0)
+    ref = torch.randn(2000, 5) * 3
+    pert = (ref + 1e-7 * torch.randn_like(ref)).requires_grad_(True)
+    ref.requires_grad_(True)
+    ga, gb = torch.autograd.grad(jensen_shannon_rows(pert, ref).sum(), (pert, ref))
+    lp, lq = F.log_softmax(pert, -1), F.log_softmax(ref, -1)
+    raw_a, raw_b = torch.autograd.grad(jensen_shannon_log_probs(lp, lq).sum(), (pert, ref))
+    assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
+    assert (ga == 0).all(1).sum() > 0  # some rows were clamped (zero gradient)
+    torch.testing.assert_close(ga, raw_a, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gb, raw_b, rtol=0, atol=1e-6)
