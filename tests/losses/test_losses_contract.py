@@ -243,7 +243,10 @@ def test_first_use_warning_points_outside_the_losses_package():
 # ----------------------------------------------------------------- gradients, divergence
 def test_grad_multiply_scales_the_gradient_by_any_factor():
     from mmbalance.losses import grad_multiply
-    for factor in (0.5, -2.0, 3.0):
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    assert grad_multiply(x, 1.0) is x  # documented: x itself
+    assert not grad_multiply(x, 0.0).requires_grad  # documented: x.detach(), no graph
+    for factor in (0.5, -2.0, 2.0, 3.0):
         x = torch.tensor([1.0, -2.0], requires_grad=True)
         y = grad_multiply(x, factor)
         assert torch.equal(y, x.detach())
@@ -336,6 +339,9 @@ def test_derangement_redraws_only_the_rows_with_a_fixed_point():
     perms, valid = sample_permutations(5, 400, "derangement", generator=torch.Generator().manual_seed(2))
     assert not (perms == torch.arange(5)).any() and valid.all()
     assert len(torch.unique(perms, dim=0)) > 30
+    first = torch.rand(400, 5, generator=torch.Generator().manual_seed(2)).argsort(dim=1)  # the first draw
+    kept = ~(first == torch.arange(5)).any(1)
+    assert 100 < kept.sum() < 300 and torch.equal(perms[kept], first[kept])  # rows without a fixed point stay
 
 
 # ----------------------------------------------------------------- MIPD.divergences
@@ -418,3 +424,110 @@ def test_rows_kernel_passes_no_gradient_through_clamped_rows():
     assert (ga == 0).all(1).sum() > 0  # some rows were clamped (zero gradient)
     torch.testing.assert_close(ga, raw_a, rtol=0, atol=1e-6)
     torch.testing.assert_close(gb, raw_b, rtol=0, atol=1e-6)
+
+
+def test_rows_kernel_computes_in_float32_at_least_and_clamps_to_its_bounds():
+    """bfloat16 logits (either side) are promoted to float32 before the softmax: the values
+    equal those of the float32 copies; float64 stays float64. Rounding below 0 and above ln 2
+    is clamped."""
+    from mmbalance.losses.divergence import LN2, jensen_shannon_rows
+    torch.manual_seed(0)
+    a, b = (torch.randn(3, 4, 5) * 4).to(torch.bfloat16), (torch.randn(4, 5) * 4).to(torch.bfloat16)
+    expected = jensen_shannon_rows(a.float(), b.float())
+    for pert, ref in ((a, b), (a, b.float()), (a.float(), b)):
+        got = jensen_shannon_rows(pert, ref)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
+    assert jensen_shannon_rows(a.double(), b.float()).dtype == torch.float64
+    ref = torch.randn(20000, 5) * 3
+    assert jensen_shannon_rows(ref + 1e-7 * torch.randn_like(ref), ref).min().item() == 0.0
+    far = jensen_shannon_rows(torch.randn(2000, 10) * 20, torch.randn(2000, 10) * 20)
+    assert far.max() <= torch.tensor(LN2)
+
+
+def test_masked_rows_mean_and_regression_rows():
+    from mmbalance.losses.mipd import _masked_rows_mean, _row_divergence
+    per_row = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[10.0, 20.0], [30.0, 40.0]]])  # (S=2, P=2, B=2)
+    one = torch.tensor([False, False, True, False])  # copy 1, row 0 only
+    assert _masked_rows_mean(per_row, one, 2, False).tolist() == [3.0, 30.0]
+    some = torch.tensor([True, False, True, True])
+    assert _masked_rows_mean(per_row, some, 2, False).tolist() == pytest.approx([8.0 / 3, 80.0 / 3])
+    assert _masked_rows_mean(per_row, torch.ones(4, dtype=torch.bool), 2, True).tolist() == [2.5, 25.0]
+    # regression (C = 1): the squared difference per row, (P, B)
+    pert = torch.tensor([[[1.0], [2.0], [4.0]], [[0.0], [0.0], [1.0]]])
+    got = _row_divergence(pert, torch.tensor([[1.0], [0.0], [2.0]]))
+    assert got.tolist() == [[0.0, 4.0, 4.0], [1.0, 0.0, 1.0]]
+
+
+def test_mipd_defaults_messages_and_boundaries():
+    from mmbalance import ConfigError
+    m = MIPD()
+    assert (m.strategy, m.weight, m.num_permutations, m.permutation, m.perturbation, m.noise_std,
+            m.max_subset_size, m.detach_reference, m.routing, m.chunk_size, m.decompose, m.compile) == (
+        "greedy", 0.1, 32, "all", "permute", 1.0, None, False, "authors", None, True, False)
+    assert MIPD(compile=True).compile is True
+    assert MIPD(num_permutations=1).num_permutations == 1 and MIPD(chunk_size=1).chunk_size == 1
+    assert MIPD(max_subset_size=1).max_subset_size == 1
+    cases = [({"strategy": "selfish"}, "MIPD strategy 'selfish' is unknown; valid: collaborative, independent, greedy"),
+             ({"permutation": "rsl"}, "MIPD permutation 'rsl' is unknown; valid: all, derangement, different_label"),
+             ({"perturbation": "drop"}, "MIPD perturbation 'drop' is unknown; valid: permute, latent_noise, "
+                                        "latent_zero, input_noise, input_zero"),
+             ({"routing": "x"}, "MIPD routing 'x' is unknown; valid: authors, features"),
+             ({"weight": -1.0}, "MIPD weight must be >= 0, got -1.0"),
+             ({"noise_std": -0.5}, "MIPD noise_std must be >= 0, got -0.5"),
+             ({"num_permutations": 0}, "MIPD num_permutations must be >= 1, got 0"),
+             ({"max_subset_size": 0}, "MIPD max_subset_size must be >= 1 or None, got 0"),
+             ({"chunk_size": 0}, "MIPD chunk_size must be >= 1 or None, got 0")]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError) as info:
+            MIPD(**kwargs)
+        assert str(info.value) == message
+
+
+def test_perturb_builds_bool_masks_and_indices_on_the_logits_device():
+    """``perturb`` on a meta-device batch (standing in for an accelerator): the permutation
+    indices and the validity masks are made there, the masks are bool, and a permutation
+    carries no perturbed features."""
+    out = SimpleNamespace(logits=torch.zeros(4, 3, device="meta"),
+                          features={"a": torch.zeros(4, 2, device="meta")})
+    labels = torch.zeros(4, dtype=torch.long, device="meta")
+    pert = MIPD(num_permutations=2).perturb(None, out, labels, None, ["a"])
+    assert pert.copies == 2 and pert.features == {}
+    assert pert.index.device.type == "meta" and pert.valid.device.type == "meta" and pert.valid.dtype == torch.bool
+    zero = MIPD(perturbation="latent_zero").perturb(None, out, labels, None, ["a"])
+    assert zero.copies == 1 and zero.index is None and zero.valid.shape == (4,)
+    assert zero.valid.device.type == "meta" and zero.valid.dtype == torch.bool
+    assert zero.features["a"].device.type == "meta" and zero.features["a"].shape == (4, 2)
+
+
+def test_mcr_bind_builds_no_projections_at_contrastive_weight_zero():
+    from mmbalance import MCRLoss
+    model, _, _ = _three_class_model("concat_linear")  # feature sizes 4 and 6 differ
+    loss = MCRLoss(contrastive_weight=0.0).bind(model)
+    assert loss._built and loss.projections is None and not list(loss.parameters())
+    assert MCRLoss().bind(model).projections is not None
+
+
+def test_rows_kernel_keeps_the_gradient_of_rows_exactly_on_a_bound():
+    """As ``torch.clamp`` does, rows whose float32 value falls exactly on 0 or on ln 2 (not
+    beyond) keep their gradient; the value is rebuilt here from the docstring's formula
+    ``-0.5 sum (p log(m/p) + q log(m/q))`` with the same float32 operations."""
+    import torch.nn.functional as F
+
+    from mmbalance.losses.divergence import LN2, jensen_shannon_rows
+
+    def raw_value(a, b):
+        lp, lq = F.log_softmax(a, -1), F.log_softmax(b, -1)
+        d = lq - lp
+        common = torch.log1p(torch.expm1(-d.abs()) / 2)
+        return -0.5 * ((lp.exp() * (torch.relu(d) + common)).sum(-1) + (lq.exp() * (torch.relu(-d) + common)).sum(-1))
+
+    torch.manual_seed(0)
+    near_q = torch.randn(2000, 5) * 3
+    far_q = torch.randn(2000, 10) * 20
+    for pert, ref, bound in ((near_q + 1e-7 * torch.randn_like(near_q), near_q, 0.0),
+                             (torch.randn(2000, 10) * 20, far_q, LN2)):
+        pert.requires_grad_(True)
+        grad, = torch.autograd.grad(jensen_shannon_rows(pert, ref).sum(), (pert,))
+        on_bound = raw_value(pert.detach(), ref) == torch.tensor(bound)
+        assert ((grad != 0).any(1) & on_bound).sum() > 10, bound
