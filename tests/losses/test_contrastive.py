@@ -201,3 +201,29 @@ def test_module_passes_cross_modal_only(batch):
     assert eq15 != pytest.approx(supervised_contrastive(feats, labels, 0.5).item(), rel=1e-3)  # the two forms differ here
     assert SupervisedContrastive(weight=2.0, cross_modal_only=True)(named, labels).item() == pytest.approx(2 * eq15, rel=1e-6)
 
+
+
+def test_binding_twice_before_the_first_batch_keeps_one_placeholder():
+    """bind on a model that has not seen a batch makes one placeholder, however often it is
+    called: an optimizer created after the first bind holds the parameters that the first
+    batch sizes (and that training then moves)."""
+    from torch import nn
+
+    from mmbalance import MultimodalModel, SupervisedContrastive
+
+    model = MultimodalModel({"a": nn.Sequential(nn.Linear(3, 4), nn.ReLU()),
+                             "v": nn.Sequential(nn.Linear(5, 6), nn.ReLU())}, num_classes=2)
+    con = SupervisedContrastive(weight=1.0).bind(model)
+    first = con.projections
+    params = list(con.parameters())
+    assert con.bind(model).projections is first and list(con.parameters()) == params
+    optimizer = torch.optim.SGD(list(model.parameters()) + list(con.parameters()), lr=0.1)
+    torch.manual_seed(0)
+    x = {"a": torch.randn(8, 3), "v": torch.randn(8, 5)}
+    y = torch.tensor([0, 1] * 4)
+    out = model(x)  # the first batch sizes the model and the projections
+    assert {m: tuple(p.weight.shape) for m, p in con.projections.items()} == {"a": (4, 4), "v": (4, 6)}
+    before = con.projections["v"].weight.detach().clone()
+    con(out.features, y).backward()
+    optimizer.step()
+    assert not torch.equal(con.projections["v"].weight, before)  # the optimizer trains them

@@ -102,7 +102,7 @@ class SupervisedContrastive(nn.Module):
         self.weight, self.temperature, self.cross_modal_only = weight, temperature, cross_modal_only
         self.projection_dim = projection_dim
         self.projections: Optional[nn.ModuleDict] = None
-        self.built = False
+        self.built, self._pending = False, False
         if feature_dims is not None:
             self.build(feature_dims)
 
@@ -113,9 +113,10 @@ class SupervisedContrastive(nn.Module):
         if not self.built and getattr(model, "materialized", True):
             self.build(model.feature_dims)
             self.to(module_device(model))
-        elif not self.built:
+        elif not self.built and not self._pending:  # one placeholder, however often bind is called
             self.projections = placeholder(self._projections, model.modalities, module_device(model))
             model.when_materialized(self._realize)
+            self._pending = True
         return self
 
     def build(self, feature_dims: Mapping[str, int]) -> None:
@@ -130,7 +131,7 @@ class SupervisedContrastive(nn.Module):
 
     def _realize(self, dims: Dict[str, int]) -> None:
         self.projections = realize(self.projections, dims)
-        self.built = True
+        self.built, self._pending = True, False
 
     def forward(self, features: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         """Args: features: modality -> (B, D_m); labels: (B,). Returns the weighted scalar."""
