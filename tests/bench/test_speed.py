@@ -63,7 +63,7 @@ def test_label_patterns():
     v = speed.variant_by_label("mcr_p32_mipd_only_compile")
     assert dict(v.hparams) == {"num_permutations": 32, "contrastive_weight": 0.0, "compile": True}
     method = speed.build_method(speed.variant_by_label("mcr_p1_mipd_only"), speed.build_model(TINY))
-    assert method.regularizer.contrastive_weight == 0.0 and method.regularizer.mipd.compile is False
+    assert method.regularizer.contrastive_weight == 0.0 and method.regularizer.mipd.compile_math is False
     with pytest.raises(KeyError):
         speed.variant_by_label("mcr_p0")
 

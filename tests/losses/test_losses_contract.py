@@ -226,7 +226,7 @@ def test_ceb_and_contrastive_defaults_messages_and_eager_build():
 
 def test_mcr_passes_compile_to_the_mipd():
     from mmbalance import MCRLoss
-    assert MCRLoss(compile=True).mipd.compile is True and MCRLoss().mipd.compile is False
+    assert MCRLoss(compile=True).mipd.compile_math is True and MCRLoss().mipd.compile_math is False
 
 
 def test_first_use_warning_points_outside_the_losses_package():
@@ -464,9 +464,10 @@ def test_mipd_defaults_messages_and_boundaries():
     from mmbalance import ConfigError
     m = MIPD()
     assert (m.strategy, m.weight, m.num_permutations, m.permutation, m.perturbation, m.noise_std,
-            m.max_subset_size, m.detach_reference, m.routing, m.chunk_size, m.decompose, m.compile) == (
+            m.max_subset_size, m.detach_reference, m.routing, m.chunk_size, m.decompose, m.compile_math) == (
         "greedy", 0.1, 32, "all", "permute", 1.0, None, False, "authors", None, True, False)
-    assert MIPD(compile=True).compile is True
+    assert MIPD(compile=True).compile_math is True
+    assert callable(MIPD().compile)  # nn.Module.compile is not hidden by the option
     assert MIPD(num_permutations=1).num_permutations == 1 and MIPD(chunk_size=1).chunk_size == 1
     assert MIPD(max_subset_size=1).max_subset_size == 1
     cases = [({"strategy": "selfish"}, "MIPD strategy 'selfish' is unknown; valid: collaborative, independent, greedy"),

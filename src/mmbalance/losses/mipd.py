@@ -97,8 +97,9 @@ class MIPD(nn.Module):
             per-modality products instead of the (B, D_m) features: the same value and
             gradients at B*P*C cost. ``False`` forces the generic path.
         compile: ``torch.compile`` the decomposed path's tensor math (off by default: on
-            this project's 2-core CPU it costs a minute of compilation; see
-            docs/performance.md for what it gains).
+            this project's 2-core CPU it costs 7-60 s of compilation; see
+            docs/performance.md for what it gains). Kept as ``compile_math`` (an attribute
+            named ``compile`` would hide ``nn.Module.compile``).
 
     Example:
         >>> mipd = MIPD("greedy", weight=0.1, num_permutations=32)
@@ -128,7 +129,8 @@ class MIPD(nn.Module):
         self.permutation, self.perturbation, self.noise_std = permutation, perturbation, noise_std
         self.max_subset_size, self.detach_reference = max_subset_size, detach_reference
         self.routing, self.chunk_size, self.decompose = routing, chunk_size, decompose
-        self.compile, self._compiled_math = bool(compile), None
+        # not self.compile: that would hide nn.Module.compile()
+        self.compile_math, self._compiled_math = bool(compile), None
         self._warned_batch = False
 
     # ----------------------------------------------------------------- structure
@@ -183,7 +185,7 @@ class MIPD(nn.Module):
                 perturbed = {m: live[m] for m in needed}
             mods = model.modalities
             routes = [self.multipliers(s, mods) for s in subsets]
-            math = self._compiled() if self.compile else _decomposed_divergences
+            math = self._compiled() if self.compile_math else _decomposed_divergences
             return math(tuple(live[m] for m in mods), tuple(perturbed.get(m) for m in mods),
                         fusion.shared_logits(), pert.index, pert.valid, reference, pert.copies,
                         own=tuple(tuple(own[m] for m in mods) for own, _ in routes),
