@@ -79,3 +79,30 @@ def test_bar_plot_reads_correctly(seeds):
             assert not any(overlaps(box, bar) for bar in bars), artist
     finally:
         plt.close(fig)
+
+
+def test_demo_in_two_processes_trains_the_same_runs(tmp_path, capsys):
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two workers on CI's 2 cores
+    try:
+        alone = run_demo(tmp_path / "one", seeds=2, epochs=1, overrides=dict(TINY), ceiling_draws=0)
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    both = run_demo(tmp_path / "two", seeds=2, epochs=1, overrides=dict(TINY), ceiling_draws=0, workers=2)
+    out = capsys.readouterr().out
+    assert both == alone  # seeded runs: the same accuracies, in seed order, whatever ran them
+    runs = [line for line in out.splitlines() if line.startswith("[")]
+    assert sorted(int(line[1:line.index("/")]) for line in runs) == list(range(1, 7))
+    assert all(line.startswith(f"[{k}/6] ") for k, line in enumerate(runs, 1)) and "in 2 processes" in out
+    assert runs[-1].endswith("ETA 0:00:00)")
+    assert json.loads((tmp_path / "two" / "results.json").read_text()) == both
+    assert {p.name for p in (tmp_path / "two").iterdir() if p.is_dir()} == {
+        f"{m}_seed{s}" for m in DEMO_METHODS for s in (0, 1)}
+
+
+def test_demo_refuses_zero_workers(tmp_path):
+    from mmbalance.errors import ConfigError
+    with pytest.raises(ConfigError, match="--workers"):
+        run_demo(tmp_path, seeds=1, epochs=1, overrides=dict(TINY), ceiling_draws=0, workers=0)

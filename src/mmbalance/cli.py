@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seeds", type=int, default=3)
     d.add_argument("--epochs", type=int, default=15)
+    d.add_argument("--workers", type=int, default=None,
+                   help="processes training runs at once (default: one per core, at most one per run)")
     d.set_defaults(func=cmd_demo)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
@@ -186,8 +188,9 @@ def resume_command(args: argparse.Namespace) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
+    from .demo import DEMO_METHODS, default_workers, run_demo
+    workers = default_workers(len(DEMO_METHODS) * args.seeds) if args.workers is None else args.workers
+    run_demo(args.out, seeds=args.seeds, epochs=args.epochs, workers=workers)
     return 0
 
 

@@ -2,19 +2,23 @@
 (shared=0.1, unique1=0.8, unique2=0.1) over several seeds; prints a table, writes a PNG.
 
 It prints one line per run with the time left, and, while a run is long, one of that
-run's own progress lines every :data:`HEARTBEAT_S` seconds. The table and the plot carry
-the chance level and the Bayes ceiling of the data the runs trained on
-(:func:`mmbalance.data.bayes.bayes_accuracy`); the plot's accuracy axis starts at 0 and
-shows every seed's point.
+run's own progress lines every :data:`HEARTBEAT_S` seconds. With ``workers`` > 1 the runs
+go to that many processes (mcr, the longest, first), as ``bench synthetic --workers``
+does. Each run is seeded, so the table holds the same runs whatever the number of workers;
+a worker trains with fewer threads, which can move a run's float sums and, rarely, its
+accuracy by a test row. The table and the plot carry the chance level and the Bayes ceiling
+of the data the runs trained on (:func:`mmbalance.data.bayes.bayes_accuracy`); the plot's
+accuracy axis starts at 0 and shows every seed's point.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import build_config
 from .methods import get_method
@@ -30,39 +34,66 @@ HEARTBEAT_S = 20.0
 CEILING_DRAWS = 100_000
 
 
+def default_workers(runs: int) -> int:
+    """The demo's default: one process per core, at most one per run."""
+    return max(1, min(os.cpu_count() or 1, runs))
+
+
 def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15, overrides: Optional[Mapping[str, Any]] = None,
-             ceiling_draws: int = CEILING_DRAWS) -> Dict[str, List[float]]:
-    """Trains each demo method for each seed; returns method -> test accuracies.
+             ceiling_draws: int = CEILING_DRAWS, workers: int = 1) -> Dict[str, List[float]]:
+    """Trains each demo method for each seed; returns method -> test accuracies (in seed order).
 
     Args:
         overrides: extra ``--set`` style values for every run (tests shrink the data).
         ceiling_draws: Monte Carlo draws of the Bayes ceiling; 0 skips it.
+        workers: processes that train runs at the same time (1: all in this process).
     """
-    quiet_lightning()
+    if workers < 1:
+        from .errors import ConfigError
+        raise ConfigError(f"demo --workers must be >= 1, got {workers}")
     out = Path(out_dir)
     results: Dict[str, List[float]] = {m: [] for m in DEMO_METHODS}
     seconds: Dict[str, List[float]] = {m: [] for m in DEMO_METHODS}
     base = {**DEMO_DATA, **(overrides or {}), "trainer.max_epochs": epochs, "trainer.progress": True}
-    spec = build_config("joint", "synthetic", base, get_method("joint").Hyperparameters).data
-    total = len(DEMO_METHODS) * seeds
-    emit(f"demo: {', '.join(DEMO_METHODS)} x {seeds} seed{'s' if seeds > 1 else ''} on synthetic data "
-         f"(shared={spec.shared:g}, unique1={spec.unique1:g}, unique2={spec.unique2:g}, n={spec.n}), at most "
-         f"{epochs} epochs each: {total} runs -> {out}", force=True)
-    ceiling = _ceiling(spec, ceiling_draws)
-    chance = 1.0 / spec.num_classes
-    start = time.perf_counter()
-    for seed in range(seeds):
-        for method in DEMO_METHODS:
-            cfg = build_config(method, "synthetic", {**base, "seed": seed}, get_method(method).Hyperparameters)
-            began = time.perf_counter()
-            with heartbeat(HEARTBEAT_S, prefix=f"      {method} seed {seed}: "):
-                metrics = train(cfg, out / f"{method}_seed{seed}")
-            seconds[method].append(time.perf_counter() - began)
-            results[method].append(metrics["test"]["accuracy"])
-            done = sum(map(len, results.values()))
-            emit(f"[{done}/{total}] {method:10s} seed {seed}: test accuracy {100 * results[method][-1]:.2f}%  "
-                 f"({seconds[method][-1]:.0f} s; elapsed {clock(time.perf_counter() - start)}, "
-                 f"ETA {clock(_time_left(seconds, seeds))})", force=True)
+    runs = [(method, seed) for seed in range(seeds) for method in DEMO_METHODS]
+    spec = build_config("joint", "synthetic", base, get_method("joint").Hyperparameters).data  # bad input: no workers
+    pool = _start_workers(runs, base, out, workers) if workers > 1 else None
+    try:
+        total = len(runs)
+        emit(f"demo: {', '.join(DEMO_METHODS)} x {seeds} seed{'s' if seeds > 1 else ''} on synthetic data "
+             f"(shared={spec.shared:g}, unique1={spec.unique1:g}, unique2={spec.unique2:g}, n={spec.n}), at most "
+             f"{epochs} epochs each: {total} runs"
+             + (f" in {workers} processes" if workers > 1 else "") + f" -> {out}", force=True)
+        ceiling = _ceiling(spec, ceiling_draws)
+        chance = 1.0 / spec.num_classes
+        start = time.perf_counter()
+        by_run: Dict[Tuple[str, int], float] = {}
+
+        def finished(method: str, seed: int, accuracy: float, took: float) -> None:
+            by_run[method, seed] = accuracy
+            seconds[method].append(took)
+            done = len(by_run)
+            emit(f"[{done}/{total}] {method:10s} seed {seed}: test accuracy {100 * accuracy:.2f}%  "
+                 f"({took:.0f} s; elapsed {clock(time.perf_counter() - start)}, "
+                 f"ETA {clock(_time_left(seconds, seeds) / max(1, min(workers, total - done)))})", force=True)
+
+        if pool is None:
+            quiet_lightning()
+            for method, seed in runs:
+                finished(method, seed, *_train_one(method, seed, base, str(out)))
+        else:
+            executor, futures = pool
+            from concurrent.futures import as_completed
+            for future in as_completed(futures):
+                finished(*futures[future], *future.result())
+    except BaseException:
+        if pool is not None:
+            _stop_workers(pool[0])
+        raise
+    if pool is not None:
+        pool[0].shutdown()
+    for method in DEMO_METHODS:
+        results[method] = [by_run[method, seed] for seed in range(seeds)]
     table = format_table(results, ceiling=ceiling, chance=chance)
     emit("\n" + table, force=True)
     (out / "summary.md").write_text(table + "\n")
@@ -70,6 +101,42 @@ def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15, overrides: O
     plot_bars(results, out / "demo_accuracy.png", ceiling=ceiling, chance=chance)
     emit(f"\nwrote {out / 'summary.md'} and {out / 'demo_accuracy.png'}", force=True)
     return results
+
+
+def _train_one(method: str, seed: int, base: Mapping[str, Any], out: str) -> Tuple[float, float]:
+    """One demo run: its test accuracy and its seconds (top level, so worker processes can run it)."""
+    cfg = build_config(method, "synthetic", {**base, "seed": seed}, get_method(method).Hyperparameters)
+    began = time.perf_counter()
+    with heartbeat(HEARTBEAT_S, prefix=f"      {method} seed {seed}: "):
+        metrics = train(cfg, Path(out) / f"{method}_seed{seed}")
+    return metrics["test"]["accuracy"], time.perf_counter() - began
+
+
+def _start_workers(runs, base: Mapping[str, Any], out: Path, workers: int):
+    """Submits ``runs`` to ``workers`` spawned processes, mcr (the longest: three models)
+    first; returns the executor and its future -> (method, seed) map."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .bench.runner import _init_worker
+    order = sorted(runs, key=lambda run: (run[0] != "mcr", run[1]))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
+    try:
+        futures = {executor.submit(_train_one, method, seed, dict(base), str(out)): (method, seed)
+                   for method, seed in order}
+    except BaseException:
+        _stop_workers(executor)
+        raise
+    return executor, futures
+
+
+def _stop_workers(executor) -> None:
+    """Ends our own workers at once (an interrupted demo must not leave them training)."""
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _ceiling(spec, draws: int) -> Optional[float]:
