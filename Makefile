@@ -19,8 +19,10 @@ install-test: install
 demo: install
 	$(BIN)/mmbalance demo --out runs/demo
 
+# Two worker processes (pytest-xdist), one thread each: CI's 2 cores; about 5.5 min there
+# against 9.5 min in one process. Plain `pytest` still runs in one process.
 test: install-test
-	$(BIN)/python -m pytest -q -rs
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs -n 2
 
 # A fresh venv with only the declared dependencies (no extras): every module imports and a
 # WAV-reading loader runs. Slow (a pip install); CI runs it after `make test`.
