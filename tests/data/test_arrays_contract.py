@@ -253,7 +253,7 @@ def test_batched_read_equals_the_row_by_row_read_bit_for_bit():
     import torch
     from torch.utils.data import DataLoader
 
-    from mmbalance.data.arrays import ArrayDataset, from_arrays
+    from mmbalance.data.arrays import ArrayDataset, collate, from_arrays
 
     rng = np.random.default_rng(3)
     n = 40
@@ -280,3 +280,15 @@ def test_batched_read_equals_the_row_by_row_read_bit_for_bit():
         assert len(fast) == len(slow) == 4
         for (xf, yf), (xs, ys) in zip(fast, slow):
             assert torch.equal(yf, ys) and all(torch.equal(xf[m], xs[m]) for m in mods)
+        # the training loaders' collate hands the stacked blocks over: the same batches,
+        # dtypes, shapes and structure as default_collate of the rows
+        g3 = torch.Generator().manual_seed(5)
+        blocks = list(DataLoader(ds, batch_size=8, shuffle=True, generator=g3, collate_fn=collate))
+        assert len(blocks) == 4
+        for (xb, yb), (xs, ys), whole in zip(blocks, slow, blocks):
+            assert type(whole) is list and set(xb) == set(mods)
+            assert yb.dtype == ys.dtype and yb.shape == ys.shape and torch.equal(yb, ys)
+            for m in mods:
+                assert xb[m].dtype == xs[m].dtype and xb[m].shape == xs[m].shape and xb[m].is_contiguous()
+                assert torch.equal(xb[m], xs[m])
+        assert collate([({"a": torch.ones(2)}, torch.tensor(1))])[0]["a"].shape == (1, 2)  # other items

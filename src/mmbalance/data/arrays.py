@@ -10,13 +10,14 @@ and sequence (N, T, D) features are standardized with train-split statistics unl
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ..errors import DataError
 
@@ -249,11 +250,13 @@ class ArrayDataset(Dataset):
             inputs[m] = torch.from_numpy(np.ascontiguousarray(x))
         return inputs, torch.as_tensor(self.data.labels[row])
 
-    def __getitems__(self, positions: List[int]):
+    def __getitems__(self, positions: List[int]) -> "Rows":
         """The items at ``positions``, read and standardized as one block per modality (what
-        ``DataLoader`` calls for a batch; the default collate stacks them as before). Equal,
-        element for element, to ``[self[i] for i in positions]``: the same float32 operations,
-        on a block instead of a row; a file-backed (h5) modality is still read row by row."""
+        ``DataLoader`` calls for a batch). Equal, element for element, to
+        ``[self[i] for i in positions]``: the same float32 operations, on a block instead of a
+        row; a file-backed (h5) modality is still read row by row. The blocks stay stacked
+        (:class:`Rows`), so :func:`collate` hands them over without unstacking and
+        restacking; any other collate sees the rows."""
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         columns = {}
         for m, arr in self.data.modalities.items():
@@ -264,6 +267,33 @@ class ArrayDataset(Dataset):
             if m in self.data.stats:
                 mean, std = self.data.stats[m]
                 x = (x - mean) / std
-            columns[m] = torch.from_numpy(np.ascontiguousarray(x)).unbind(0)
-        labels = torch.as_tensor(np.asarray(self.data.labels)[rows]).unbind(0)
-        return [({m: col[k] for m, col in columns.items()}, labels[k]) for k in range(len(rows))]
+            columns[m] = torch.from_numpy(np.ascontiguousarray(x))
+        return Rows(columns, torch.as_tensor(np.asarray(self.data.labels)[rows]))
+
+
+class Rows(Sequence):
+    """A batch of :class:`ArrayDataset` items kept as stacked blocks: a sequence of
+    ``(inputs, label)`` rows (views into the blocks, made on access) whose
+    :attr:`batch` is what ``default_collate`` would make of those rows."""
+
+    def __init__(self, columns: Dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.columns, self.labels = columns, labels
+
+    @property
+    def batch(self) -> list:
+        """``[{modality: (B, ...) tensor}, (B,) labels]``, as ``default_collate`` returns it."""
+        return [dict(self.columns), self.labels]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        return {m: col[k] for m, col in self.columns.items()}, self.labels[k]
+
+
+def collate(items):
+    """The loaders' ``collate_fn``: a :class:`Rows` batch as it is, anything else through
+    ``default_collate``."""
+    return items.batch if isinstance(items, Rows) else default_collate(items)

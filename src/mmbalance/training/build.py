@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from ..config import RunConfig
 from ..data import DATASETS, DataBundle, from_arrays, load_array_file, make_synthetic
+from ..data.arrays import collate
 from ..data.bundle import data_kind
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
@@ -56,7 +57,7 @@ def loaders(data: DataBundle, cfg: RunConfig, seed: int):
     (shuffled by a :class:`ResumableSampler`), val and test loaders. Val and test use an
     :class:`EvalShardSampler`: under DDP every row is scored once, with no padding."""
     kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
-              persistent_workers=cfg.data.num_workers > 0)
+              persistent_workers=cfg.data.num_workers > 0, collate_fn=collate)
     gen = torch.Generator().manual_seed(seed)
     return gen, (DataLoader(data.train, sampler=ResumableSampler(data.train, gen), generator=gen, **kw),
                  DataLoader(data.val, sampler=EvalShardSampler(data.val), **kw),
