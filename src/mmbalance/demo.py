@@ -13,6 +13,7 @@ accuracy axis starts at 0 and shows every seed's point.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -52,13 +53,17 @@ def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15, overrides: O
         from .errors import ConfigError
         raise ConfigError(f"demo --workers must be >= 1, got {workers}")
     out = Path(out_dir)
-    results: Dict[str, List[float]] = {m: [] for m in DEMO_METHODS}
     seconds: Dict[str, List[float]] = {m: [] for m in DEMO_METHODS}
     base = {**DEMO_DATA, **(overrides or {}), "trainer.max_epochs": epochs, "trainer.progress": True}
     runs = [(method, seed) for seed in range(seeds) for method in DEMO_METHODS]
     spec = build_config("joint", "synthetic", base, get_method("joint").Hyperparameters).data  # bad input: no workers
-    pool = _start_workers(runs, base, out, workers) if workers > 1 else None
-    try:
+    with contextlib.ExitStack() as stack:
+        futures = None
+        if workers > 1:  # submitted first: the workers start while this process computes the ceiling
+            from .bench.runner import worker_pool
+            pool = stack.enter_context(worker_pool(workers))
+            futures = {pool.submit(_train_one, method, seed, dict(base), str(out)): (method, seed)
+                       for method, seed in sorted(runs, key=lambda run: (run[0] != "mcr", run[1]))}
         total = len(runs)
         emit(f"demo: {', '.join(DEMO_METHODS)} x {seeds} seed{'s' if seeds > 1 else ''} on synthetic data "
              f"(shared={spec.shared:g}, unique1={spec.unique1:g}, unique2={spec.unique2:g}, n={spec.n}), at most "
@@ -77,23 +82,15 @@ def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15, overrides: O
                  f"({took:.0f} s; elapsed {clock(time.perf_counter() - start)}, "
                  f"ETA {clock(_time_left(seconds, seeds) / max(1, min(workers, total - done)))})", force=True)
 
-        if pool is None:
+        if futures is None:
             quiet_lightning()
             for method, seed in runs:
                 finished(method, seed, *_train_one(method, seed, base, str(out)))
         else:
-            executor, futures = pool
             from concurrent.futures import as_completed
             for future in as_completed(futures):
                 finished(*futures[future], *future.result())
-    except BaseException:
-        if pool is not None:
-            _stop_workers(pool[0])
-        raise
-    if pool is not None:
-        pool[0].shutdown()
-    for method in DEMO_METHODS:
-        results[method] = [by_run[method, seed] for seed in range(seeds)]
+    results = {method: [by_run[method, seed] for seed in range(seeds)] for method in DEMO_METHODS}
     table = format_table(results, ceiling=ceiling, chance=chance)
     emit("\n" + table, force=True)
     (out / "summary.md").write_text(table + "\n")
@@ -110,33 +107,6 @@ def _train_one(method: str, seed: int, base: Mapping[str, Any], out: str) -> Tup
     with heartbeat(HEARTBEAT_S, prefix=f"      {method} seed {seed}: "):
         metrics = train(cfg, Path(out) / f"{method}_seed{seed}")
     return metrics["test"]["accuracy"], time.perf_counter() - began
-
-
-def _start_workers(runs, base: Mapping[str, Any], out: Path, workers: int):
-    """Submits ``runs`` to ``workers`` spawned processes, mcr (the longest: three models)
-    first; returns the executor and its future -> (method, seed) map."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from .bench.runner import _init_worker
-    order = sorted(runs, key=lambda run: (run[0] != "mcr", run[1]))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads, os.getpid()))
-    try:
-        futures = {executor.submit(_train_one, method, seed, dict(base), str(out)): (method, seed)
-                   for method, seed in order}
-    except BaseException:
-        _stop_workers(executor)
-        raise
-    return executor, futures
-
-
-def _stop_workers(executor) -> None:
-    """Ends our own workers at once (an interrupted demo must not leave them training)."""
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        process.terminate()
-    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _ceiling(spec, draws: int) -> Optional[float]:

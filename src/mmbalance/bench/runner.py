@@ -10,6 +10,7 @@ recorded without training again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -295,13 +296,22 @@ def _execute(runner: Runner, job: Job, run_dir: Path) -> Tuple[Optional[Dict[str
 
 
 def _run_pool(todo: Sequence[Job], out: Path, workers: int, runner: Runner, done) -> None:
+    with worker_pool(workers) as pool:
+        futures = {pool.submit(_execute, runner, job, _prepare(out, job)): job for job in todo}
+        for future in as_completed(futures):
+            done(futures[future], *future.result())
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """``workers`` spawned training processes (the sweep's, the demo's), each with its share
+    of the cores as threads and quiet Lightning, ending with their parent. On any exception,
+    Ctrl-C included, they are terminated at once instead of finishing their runs."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads, os.getpid()))
     try:
-        futures = {pool.submit(_execute, runner, job, _prepare(out, job)): job for job in todo}
-        for future in as_completed(futures):
-            done(futures[future], *future.result())
+        yield pool
     except BaseException:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()  # our own workers: do not leave them training
