@@ -100,6 +100,10 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine (with linear warmup) | constant
     warmup_epochs: int = 1
     grad_clip: float = 0.0  # 0 disables; max global L2 norm otherwise
+    # how torch updates the parameters: foreach (one multi-tensor kernel per operation; the
+    # same numbers as for_loop, torch's CPU default), for_loop, or fused (adam/adamw: one
+    # kernel, fastest, differs from the others in the last float bits)
+    implementation: str = "foreach"
 
 
 @dataclass
@@ -382,7 +386,8 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.data.shared + cfg.data.unique1 + cfg.data.unique2 > 1 + 1e-9:
         raise ConfigError("data.shared + data.unique1 + data.unique2 must not exceed 1")
     for key, valid in (("optim.name", ("adam", "adamw", "sgd")), ("model.regression_loss", ("mse", "l1")),
-                       ("optim.schedule", ("cosine", "constant"))):
+                       ("optim.schedule", ("cosine", "constant")),
+                       ("optim.implementation", ("foreach", "for_loop", "fused"))):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in valid:

@@ -8,12 +8,20 @@ from typing import Any, Dict, List
 import torch
 
 from ..config import OptimConfig
+from ..errors import ConfigError
 
 
 def build_optimizer(groups: List[Dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD over ``groups``; a group's ``lr_scale`` (default 1, a method may
     change it later) and ``init_scale`` (default 1; ``method.encoder_lr_scale`` for encoders
-    that start from unimodal stages) multiply ``cfg.lr``."""
+    that start from unimodal stages) multiply ``cfg.lr``.
+
+    ``cfg.implementation``: ``foreach`` (the default) updates all tensors of a group with one
+    multi-tensor kernel per operation and gives the same numbers, bit for bit, as torch's CPU
+    default ``for_loop`` (a Python loop over the tensors), in less time on small models
+    (docs/performance.md); ``fused`` (Adam and AdamW) is one kernel for the whole update,
+    faster still, and differs in the last float bits (it needs a torch that has a fused
+    kernel for the optimizer and the device)."""
     prepared = []
     for group in groups:
         group = dict(group)
@@ -22,10 +30,26 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: OptimConfig) -> torch.opt
         group["lr"] = cfg.lr * group["lr_scale"] * group["init_scale"]
         group.setdefault("base_lr", cfg.lr)
         prepared.append(group)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(prepared, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return kind(prepared, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    how = implementation_kwargs(cfg)
+    try:
+        if cfg.name == "sgd":
+            return torch.optim.SGD(prepared, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **how)
+        kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+        return kind(prepared, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, **how)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        if cfg.implementation != "fused":
+            raise
+        raise ConfigError(f"optim.implementation=fused is not available here ({str(exc).splitlines()[0]}); "
+                          "use foreach") from exc
+
+
+def implementation_kwargs(cfg: OptimConfig) -> Dict[str, bool]:
+    """The torch optimizer's ``foreach``/``fused`` arguments for ``cfg.implementation``."""
+    if cfg.implementation == "fused":
+        if cfg.name == "sgd":  # torch's fused SGD fails when a parameter's first steps have no gradient
+            raise ConfigError("optim.implementation=fused needs optim.name adam or adamw; use foreach with sgd")
+        return {"fused": True}
+    return {"foreach": cfg.implementation == "foreach"}
 
 
 def warmup_cosine(epoch: int, warmup_epochs: int, max_epochs: int) -> float:

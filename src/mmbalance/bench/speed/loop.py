@@ -6,10 +6,11 @@ interpreter start and imports, the data, the epochs, the validation after each e
 final scoring and the files. The plain loop (:func:`plain_main`) is what a user would
 write by hand: the same synthetic data (the generator of ``mmbalance train``, with the
 train-split standardization), the same :class:`~mmbalance.MultimodalModel` (same encoders
-and seed), Adam with the same learning rate and weight decay, the fused cross-entropy
-(``joint``), a shuffled ``DataLoader`` with the same batch size, validation accuracy after
-every epoch, a ``torch.save`` of the weights and optimizer after every epoch (the
-``last.ckpt`` of the Lightning loop) and of the best epoch, the test accuracy of the best
+and seed), Adam with the same learning rate, weight decay and update kernel (foreach, as
+``train`` runs it by default), the fused cross-entropy (``joint``), a shuffled
+``DataLoader`` with the same batch size, validation accuracy after every epoch, a
+``torch.save`` of the weights and optimizer after every epoch (the ``last.ckpt`` of the
+Lightning loop) and of the best epoch, the test accuracy of the best
 epoch, and a JSON file. It has no early stopping in either case (``trainer.patience=0``),
 no per-modality metrics, no logger and no checkpoint atomicity: that is the difference the
 row prices.
@@ -72,7 +73,8 @@ def plain_main(argv: Optional[Sequence[str]] = None) -> int:
     shapes = {"x1": (arrays["x1"].shape[1],), "x2": (arrays["x2"].shape[1],)}
     model = MultimodalModel({m: build_encoder("mlp", s, model_cfg, modality=m) for m, s in shapes.items()},
                             int(arrays["label"].max()) + 1, fusion=model_cfg.fusion)
-    optimizer = torch.optim.Adam(model.parameters(), lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
+                                 foreach=optim_cfg.implementation == "foreach")  # the update train uses
     train_dl = DataLoader(datasets["train"], batch_size=data_cfg.batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(args.seed))
     out = Path(args.out)
