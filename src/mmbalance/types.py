@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -43,15 +43,16 @@ class LossTerms:
     Attributes:
         total: scalar to backpropagate; equals the sum of ``terms``.
         terms: name -> scalar tensor (weighted contribution, in the graph).
-        logs: extra detached diagnostics (for example per-subset JSD values).
+        logs: extra detached diagnostics (for example per-subset JSD values): floats, or
+            detached 0-d tensors that are read (``float``) only when they are logged.
     """
 
     total: Tensor
     terms: Dict[str, Tensor]
-    logs: Dict[str, float] = field(default_factory=dict)
+    logs: Dict[str, Union[float, Tensor]] = field(default_factory=dict)
 
     @staticmethod
-    def from_terms(terms: Dict[str, Tensor], logs: Dict[str, float] | None = None) -> "LossTerms":
+    def from_terms(terms: Dict[str, Tensor], logs: Optional[Dict[str, Union[float, Tensor]]] = None) -> "LossTerms":
         """Builds a LossTerms whose total is the sum of ``terms``."""
         values = list(terms.values())
         total = torch.stack([v.float() for v in values]).sum() if values else torch.zeros(())

@@ -235,7 +235,9 @@ def test_forward_terms_logs_and_first_use_warning():
     # points at the caller (this file; under mutmut its trampoline), not into torch's Module.__call__
     assert "torch" not in __import__("pathlib").Path(record[0].filename).parts
     assert set(terms.terms) == {"mipd", "contrastive", "ceb"} and set(terms.logs) == {"mipd/a", "mipd/v"}
-    assert terms.terms["mipd"].item() == pytest.approx(-0.1 * (terms.logs["mipd/a"] + terms.logs["mipd/v"]), rel=1e-6)
+    # the logs stay detached 0-d tensors (read only when logged: no device wait per step)
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in terms.logs.values())
+    assert terms.terms["mipd"].item() == pytest.approx(-0.1 * float(terms.logs["mipd/a"] + terms.logs["mipd/v"]), rel=1e-6)
     assert terms.terms["contrastive"].item() == pytest.approx(0.5 * supervised_contrastive(list(out.features.values()), y).item(), rel=1e-6)
     assert terms.terms["ceb"].item() == pytest.approx(loss.ceb(out).item(), rel=1e-6)
     double = type(out)(out.logits.double(), out.unimodal_logits, out.features)

@@ -108,7 +108,9 @@ class MCRLoss(nn.Module):
 
         Returns:
             LossTerms with ``terms`` ``mipd``, ``contrastive`` and ``ceb`` (weighted) and
-            the raw per-subset divergences in ``logs`` (``mipd/<a+b>``).
+            the raw per-subset divergences in ``logs`` (``mipd/<a+b>``), as detached 0-d
+            tensors on the batch's device: ``float()`` one when you log it, so that a step
+            that logs nothing does not wait for the GPU.
         """
         if not self._built:
             self.bind(model)
@@ -116,13 +118,14 @@ class MCRLoss(nn.Module):
                 warnings.warn("MCRLoss built its heads on first use; call mcr.bind(model) before "
                               "creating the optimizer so that they are trained", stacklevel=_caller_level())
         zero = out.logits.new_zeros((), dtype=torch.float32)
-        logs: Dict[str, float] = {}
+        logs: Dict[str, Tensor] = {}
         terms = {"mipd": zero, "contrastive": zero, "ceb": zero}
         if self.mipd.weight > 0:
             values = self.mipd.divergences(model, out, labels, inputs)
             terms["mipd"] = -self.mipd.weight * values.sum()
-            for subset, value in zip(self.mipd.subsets(model.modalities), values.detach().tolist()):
-                logs["mipd/" + "+".join(subset)] = value  # one device sync for all subsets
+            detached = values.detach()  # no .tolist(): that would wait for the device every step
+            for i, subset in enumerate(self.mipd.subsets(model.modalities)):
+                logs["mipd/" + "+".join(subset)] = detached[i]
         if self.contrastive.weight > 0:
             terms["contrastive"] = self.contrastive(out.features, labels)
         if self.ceb.weight > 0:

@@ -64,6 +64,7 @@ class BalanceModule(L.LightningModule):
         self._epoch_batches = 0  # training batches done in the current epoch
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end
         self._resumed_mid_epoch = False
+        self._skipped = False  # the current step's loss was non-finite and skipped
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict) -> None:
@@ -99,11 +100,12 @@ class BalanceModule(L.LightningModule):
         self._epoch_batches += 1
         inputs, labels = batch
         every = max(1, self.cfg.trainer.log_every_n_steps)
+        self._skipped = False
         loss = train_step(self.method, Batch(inputs, labels), self.optimizers(), backward=self.manual_backward,
                           clip=self._clip, on_nonfinite=self._nonfinite,
                           grad_norms=self.cfg.trainer.log_term_grad_norms and self.global_step % every == 0)
-        if not torch.isfinite(loss.total):
-            return None  # skipped (trainer.skip_nonfinite)
+        if self._skipped:  # (trainer.skip_nonfinite); train_step's own check decided, no second device sync
+            return None
         size = labels.shape[0]
         # Step values reach the loggers only every trainer.log_every_n_steps steps, and one
         # self.log call costs about as much as a small model's whole step: log them only in
@@ -143,6 +145,7 @@ class BalanceModule(L.LightningModule):
                                      f"term {bad[0]!r} is {float(loss.terms.get(bad[0], loss.total))}; "
                                      "set trainer.skip_nonfinite=true to skip such steps")
         self.nonfinite_steps += 1
+        self._skipped = True
         return None
 
     def on_train_epoch_start(self) -> None:
