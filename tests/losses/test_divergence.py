@@ -117,13 +117,18 @@ def test_masked_mean_of_nothing_is_zero_and_of_one_row_is_that_row():
     assert masked_mean(values).item() == 4.0
 
 
-def test_rows_kernel_matches_the_log_prob_form_and_its_gradient_is_exact():
+@pytest.mark.parametrize("classes_first_max", [32, 0], ids=["classes-first layout", "last-axis layout"])
+def test_rows_kernel_matches_the_log_prob_form_and_its_gradient_is_exact(monkeypatch, classes_first_max):
     """``jensen_shannon_rows`` (one autograd node, the MIPD's kernel) against the brute-force
     loop and the autograd of ``jensen_shannon_log_probs``: values and both gradients, with the
-    reference broadcast over leading axes; gradcheck in float64; extreme logits stay finite."""
+    reference broadcast over leading axes; gradcheck in float64; extreme logits stay finite.
+    Both of its layouts (classes first, the CPU's with few classes; classes last)."""
     import torch.nn.functional as F
 
+    from mmbalance.losses import divergence
     from mmbalance.losses.divergence import jensen_shannon_log_probs, jensen_shannon_rows
+    monkeypatch.setattr(divergence, "CLASSES_FIRST_MAX", classes_first_max)
+    monkeypatch.setattr(divergence, "CLASSES_FIRST_MIN_ROWS", 0)
 
     torch.manual_seed(0)
     a = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)

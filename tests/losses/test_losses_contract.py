@@ -510,19 +510,28 @@ def test_mcr_bind_builds_no_projections_at_contrastive_weight_zero():
     assert MCRLoss().bind(model).projections is not None
 
 
-def test_rows_kernel_keeps_the_gradient_of_rows_exactly_on_a_bound():
+@pytest.mark.parametrize("classes_first", [True, False], ids=["classes-first layout", "last-axis layout"])
+def test_rows_kernel_keeps_the_gradient_of_rows_exactly_on_a_bound(monkeypatch, classes_first):
     """As ``torch.clamp`` does, rows whose float32 value falls exactly on 0 or on ln 2 (not
     beyond) keep their gradient; the value is rebuilt here from the docstring's formula
-    ``-0.5 sum (p log(m/p) + q log(m/q))`` with the same float32 operations."""
+    ``-0.5 sum (p log(m/p) + q log(m/q))`` with the same float32 operations, in the layout
+    the kernel is made to use (classes first or last), so that the rounding is the same."""
     import torch.nn.functional as F
 
+    from mmbalance.losses import divergence
     from mmbalance.losses.divergence import LN2, jensen_shannon_rows
+    monkeypatch.setattr(divergence, "CLASSES_FIRST_MAX", 10 ** 6 if classes_first else 0)
+    monkeypatch.setattr(divergence, "CLASSES_FIRST_MIN_ROWS", 0)
+    axis = 0 if classes_first else -1
 
     def raw_value(a, b):
-        lp, lq = F.log_softmax(a, -1), F.log_softmax(b, -1)
+        if classes_first:
+            a, b = a.t().contiguous(), b.t().contiguous()
+        lp, lq = F.log_softmax(a, axis), F.log_softmax(b, axis)
         d = lq - lp
         common = torch.log1p(torch.expm1(-d.abs()) / 2)
-        return -0.5 * ((lp.exp() * (torch.relu(d) + common)).sum(-1) + (lq.exp() * (torch.relu(-d) + common)).sum(-1))
+        return -0.5 * ((lp.exp() * (torch.relu(d) + common)).sum(axis, keepdim=True)
+                       + (lq.exp() * (torch.relu(-d) + common)).sum(axis, keepdim=True)).squeeze(axis)
 
     torch.manual_seed(0)
     near_q = torch.randn(2000, 5) * 3
