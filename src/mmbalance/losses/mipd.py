@@ -304,7 +304,9 @@ def _decomposed_divergences(live: Tuple[Tensor, ...], perturbed_source: Tuple[Op
     routed by ``shared[s]``, against the reference. Pure tensor math with the routing as
     constants, so ``torch.compile`` can take it whole."""
     batch = reference.shape[0]
-    rows = [None if src is None else src[index].view(copies, batch, -1) if index is not None
+    # index_select, not src[index]: its backward is an index_add, where advanced indexing's
+    # is an accumulating index_put that sorts the indices first
+    rows = [None if src is None else src.index_select(0, index).view(copies, batch, -1) if index is not None
             else src.view(copies, batch, -1) for src in perturbed_source]
     stacked = []
     for mask, factors, shared_factor in zip(in_subset, own, shared):
