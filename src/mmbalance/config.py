@@ -88,6 +88,10 @@ class ModelConfig:
     regression_loss: str = "mse"  # task loss of a regressor (one output): mse | l1 (the authors' MOSI/MOSEI runs)
 
 
+#: torch's fused SGD fails when a parameter has no gradient in its first steps
+FUSED_SGD = "optim.implementation=fused needs optim.name adam or adamw; use foreach with sgd"
+
+
 @dataclass
 class OptimConfig:
     """Optimizer, schedule and clipping."""
@@ -392,3 +396,5 @@ def _check_ranges(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in valid:
             raise ConfigError(f"{key} {value!r} is unknown; {did_you_mean(value, valid)}valid: {', '.join(valid)}")
+    if cfg.optim.implementation == "fused" and cfg.optim.name == "sgd":
+        raise ConfigError(FUSED_SGD)

@@ -92,6 +92,8 @@ def test_unknown_implementation_and_fused_sgd_are_refused_by_name():
     # torch's fused SGD fails when a parameter has no gradient in its first steps
     with pytest.raises(ConfigError, match="optim.implementation=fused needs optim.name adam or adamw"):
         build_optimizer([{"params": _params()}], OptimConfig(name="sgd", implementation="fused"))
+    with pytest.raises(ConfigError, match="optim.implementation=fused needs optim.name adam or adamw"):
+        tiny_config("joint", optim__name="sgd", optim__implementation="fused")  # refused before any data
 
 
 def test_a_run_keeps_the_same_weights_and_metrics_with_foreach_as_with_for_loop(tmp_path):

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..config import OptimConfig
+from ..config import FUSED_SGD, OptimConfig
 from ..errors import ConfigError
 
 
@@ -46,8 +46,8 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: OptimConfig) -> torch.opt
 def implementation_kwargs(cfg: OptimConfig) -> Dict[str, bool]:
     """The torch optimizer's ``foreach``/``fused`` arguments for ``cfg.implementation``."""
     if cfg.implementation == "fused":
-        if cfg.name == "sgd":  # torch's fused SGD fails when a parameter's first steps have no gradient
-            raise ConfigError("optim.implementation=fused needs optim.name adam or adamw; use foreach with sgd")
+        if cfg.name == "sgd":
+            raise ConfigError(FUSED_SGD)
         return {"fused": True}
     return {"foreach": cfg.implementation == "foreach"}
 
