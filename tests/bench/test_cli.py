@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -39,6 +40,31 @@ def test_tuned_quick_sweep_writes_results_summary_and_plot_then_skips_on_rerun(t
     assert "3 of 3 runs already recorded; 0 to run" in out and "trial 1" not in out
     assert len(ResultsFile(tmp_path / "results.csv").rows()) == 3
     assert json.loads((tmp_path / "tuned" / "joint.json").read_text())["trials"] == 1
+
+
+def test_the_sweep_trains_each_unimodal_model_once_for_every_method_that_starts_from_it(tmp_path, capsys, one_thread):
+    args = ["bench", "synthetic", "--quick", "--methods", "unimodal", "ensemble", "--n", "300", "--epochs", "1",
+            "--out", str(tmp_path), "--set", *TINY_SET]
+    assert main(args) == 0
+    capsys.readouterr()
+    entries = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "stage_cache").iterdir() if p.is_dir())
+    assert entries == ["unimodal_x1"] * 3 + ["unimodal_x2"] * 3  # one per ratio: the unimodal runs themselves
+    rows = ResultsFile(tmp_path / "results.csv").rows()
+    solo = {(r["ratio"], r["method"]): float(r["test_accuracy"]) for r in rows if r["method"].startswith("unimodal")}
+    assert len(solo) == 6
+    runs = {r["run_id"] for r in rows if r["method"].startswith("unimodal")}
+    for entry in (tmp_path / "stage_cache").iterdir():  # each entry is a unimodal run's own files
+        if entry.is_dir():
+            assert sum(os.path.samefile(entry / "checkpoints" / "best.ckpt",
+                                        tmp_path / "runs" / run / "checkpoints" / "best.ckpt") for run in runs) == 1
+    for run in (tmp_path / "runs").iterdir():
+        if run.name.startswith("ensemble"):
+            metrics = json.loads((run / "metrics.json").read_text())
+            ratio = next(r["ratio"] for r in rows if r["run_id"] == run.name)
+            for m in ("x1", "x2"):
+                assert (run / "stages" / f"unimodal_{m}").is_symlink()
+                assert metrics["stages"][f"unimodal_{m}"]["test"]["accuracy"] == \
+                    pytest.approx(solo[ratio, f"unimodal-{m}"], abs=1e-6)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -97,3 +97,35 @@ def test_stages_are_trained_once_per_configuration(tmp_path):
     train(tiny_config("unipre_finetuned", trainer__max_epochs=2, seed=1, trainer__stage_cache=str(cache)),
           tmp_path / "d")
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 4  # another seed: other stages
+
+
+def test_a_standalone_unimodal_run_is_the_stage_the_pipelines_reuse(tmp_path):
+    """A unimodal run with a stage's configuration enters the cache; the methods starting
+    from unimodal models then train no stage and end exactly as with their own stages."""
+    cache = tmp_path / "cache"
+    solo = {m: train(tiny_config("unimodal", method__modality=m, trainer__max_epochs=2,
+                                 trainer__stage_cache=str(cache)), tmp_path / f"unimodal_{m}")
+            for m in ("x1", "x2")}
+    entries = sorted(p for p in cache.iterdir() if p.is_dir())
+    assert [p.name.rsplit("-", 1)[0] for p in entries] == ["unimodal_x1", "unimodal_x2"]
+    for p in entries:  # the run itself, its best checkpoint the same file
+        m = p.name.split("-")[0].split("_")[1]
+        assert RunDir(p).read_metrics() == RunDir(tmp_path / f"unimodal_{m}").read_metrics()
+        assert (p / "checkpoints" / "best.ckpt").read_bytes() == \
+            (tmp_path / f"unimodal_{m}" / "checkpoints" / "best.ckpt").read_bytes()
+    def files():  # the locks are opened (touched) by every user; the entries must not change
+        return {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.suffix != ".lock"}
+    mtimes = files()
+    cached = train(tiny_config("mcr", trainer__max_epochs=2, trainer__stage_cache=str(cache)), tmp_path / "mcr")
+    assert files() == mtimes and len(mtimes) > 10  # nothing trained into the cache
+    assert {k: v["test"] for k, v in cached["stages"].items()} == {f"unimodal_{m}": solo[m]["test"]
+                                                                    for m in ("x1", "x2")}
+    own = train(tiny_config("mcr", trainer__max_epochs=2), tmp_path / "mcr_own")
+    scores = lambda run: {k: (v["val"], v["test"]) for k, v in run["stages"].items()}  # noqa: E731
+    assert scores(own) == scores(cached) and own["test"] == cached["test"] and own["val"] == cached["val"]
+    other = train(tiny_config("unimodal", method__modality="x1", trainer__max_epochs=2, optim__lr=0.01,
+                              trainer__stage_cache=str(cache)), tmp_path / "other_lr")
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 3 and other["method"] == "unimodal"
+    again = train(tiny_config("unimodal", method__modality="x1", trainer__max_epochs=2,
+                              trainer__stage_cache=str(cache)), tmp_path / "again")
+    assert again["test"] == solo["x1"]["test"] and len([p for p in cache.iterdir() if p.is_dir()]) == 3

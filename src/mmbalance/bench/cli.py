@@ -7,6 +7,7 @@ Other benchmark modules add ``bench`` sub-commands by listing themselves in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import time
@@ -118,8 +119,8 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
         raise ConfigError("give either --tuned DIR or --trials-per-method N, not both")
     importlib.import_module("lightning")  # configures its loggers on import; quiet them after
     quiet_lightning()
-    settings = _settings(args)
     out = Path(args.out or ("runs/bench/synthetic_quick" if args.quick else "runs/bench/synthetic"))
+    settings = dataclasses.replace(_settings(args), stage_cache=str(out.resolve() / "stage_cache"))
     variants = method_variants(args.methods)
     tuned_dir = args.tuned
     if args.trials_per_method:

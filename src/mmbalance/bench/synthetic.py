@@ -45,10 +45,14 @@ class SweepSettings:
     max_epochs: int = 20
     patience: int = 5
     extra: Tuple[Tuple[str, Any], ...] = ()  # further overrides for every run (``--set``)
+    #: where unimodal models are trained once per configuration for all the methods that
+    #: start from them (``trainer.stage_cache``); ``bench synthetic`` uses ``OUT/stage_cache``
+    stage_cache: str = ""
 
     def run_overrides(self, shared: float, unique1: float, seed: int) -> Dict[str, Any]:
         """The overrides of one grid cell; the seed draws both the data and the run."""
-        return {**dict(self.extra), "seed": seed, "data.seed": seed, "data.n": self.n, "data.shared": shared,
+        out = {"trainer.stage_cache": self.stage_cache} if self.stage_cache else {}
+        return {**out, **dict(self.extra), "seed": seed, "data.seed": seed, "data.n": self.n, "data.shared": shared,
                 "data.unique1": unique1, "data.unique2": self.unique2, "trainer.max_epochs": self.max_epochs,
                 "trainer.patience": self.patience, "trainer.progress": False, "trainer.final_probe": True}
 

@@ -148,7 +148,47 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         out.write_predictions(module.method, DataLoader(data.test, batch_size=cfg.data.batch_size))
         metrics["seconds"]["probe_and_write"] = round(time.perf_counter() - scored, 3)
         out.write_metrics(metrics)
+        if cfg.trainer.stage_cache and not plan and cfg.method == "unimodal":
+            _publish_stage(cfg, out)
     return metrics
+
+
+def _publish_stage(cfg: RunConfig, out: RunDir) -> None:
+    """Enters a finished ``unimodal`` run into ``trainer.stage_cache`` as the stage it is.
+
+    A standalone unimodal run with the configuration of a pipeline's stage (same
+    :func:`stage_key`: data, seed, model, optimizer, schedule) trains that very model, so the
+    methods that start from it (``ensemble``, ``unipre_*``, ``method.init=unimodal``) reuse
+    it instead of training it again. The entry is a copy (hard links where the file system
+    allows) made under the stage's lock, so a stage being trained or already there is left
+    alone."""
+    name = f"unimodal_{cfg.hparams.modality}"
+    cached = RunDir(Path(cfg.trainer.stage_cache) / f"{name}-{stage_key(cfg)}")
+    if cached.path.resolve() == out.path.resolve():  # a stage trained into the cache, under its lock
+        return
+    with _locked(cached.path.with_name(cached.path.name + ".lock")):
+        if cached.is_finished():
+            return
+        tmp = cached.path.with_name(f".{cached.path.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(out.path, tmp, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".*.tmp*", RunDir.STAGES))
+        if cached.path.exists():  # an interrupted stage's leftovers: the finished run replaces them
+            shutil.rmtree(cached.path)
+        os.replace(tmp, cached.path)
+    say(cfg, f"entered this run into the stage cache as {name} ({cached.path})")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link for the files that are only ever replaced by a rename (checkpoints,
+    metrics, predictions); a copy for the loggers' files, which grow in place."""
+    if "logs" not in Path(src).parts:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 def _say_start(cfg: RunConfig, data, out: RunDir, plan: List[Stage], resuming: bool) -> None:
