@@ -39,3 +39,21 @@ def test_subpackages_resolve_as_attributes_and_unknown_names_raise():
     assert mb.models.Select.__name__ == "Select" and "mcr" in mb.methods.REGISTRY
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mb.nope
+
+
+def test_the_demo_parent_with_workers_loads_no_lightning():
+    """With workers, the demo's own process trains nothing: it must not spend Lightning's
+    seconds of imports before its workers start (they import it themselves)."""
+    loaded = _loaded_after("import mmbalance.demo\nfrom mmbalance.training import progress\n"
+                           "from mmbalance.bench.runner import worker_pool\nprogress.emit('x')\n"
+                           "import mmbalance.training as t\nassert 'train' in dir(t)")
+    assert "torch" in loaded and not loaded & {"lightning", "torchmetrics"}, sorted(loaded & {"lightning"})
+
+
+def test_epoch_lines_is_still_a_lightning_callback_on_first_use():
+    loaded = _loaded_after("from mmbalance.training.progress import EpochLines\n"
+                           "from lightning.pytorch.callbacks import Callback\n"
+                           "from mmbalance.training import progress, train\n"
+                           "assert issubclass(EpochLines, Callback) and progress.EpochLines is EpochLines\n"
+                           "assert train.__module__ == 'mmbalance.training.run'")
+    assert "lightning" in loaded

@@ -23,9 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import build_config
 from .methods import get_method
-from .training import train
-from .training.progress import clock, emit, heartbeat
-from .training.quiet import quiet_lightning
+from .training.progress import clock, emit, heartbeat  # Lightning-free: with workers, this process trains nothing
 
 DEMO_METHODS = ("joint", "multiloss", "mcr")
 DEMO_DATA = {"data.shared": 0.1, "data.unique1": 0.8, "data.unique2": 0.1}
@@ -83,6 +81,7 @@ def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15, overrides: O
                  f"ETA {clock(_time_left(seconds, seeds) / max(1, min(workers, total - done)))})", force=True)
 
         if futures is None:
+            from .training.quiet import quiet_lightning
             quiet_lightning()
             for method, seed in runs:
                 finished(method, seed, *_train_one(method, seed, base, str(out)))
@@ -102,6 +101,7 @@ def run_demo(out_dir: str | Path, seeds: int = 3, epochs: int = 15, overrides: O
 
 def _train_one(method: str, seed: int, base: Mapping[str, Any], out: str) -> Tuple[float, float]:
     """One demo run: its test accuracy and its seconds (top level, so worker processes can run it)."""
+    from .training import train
     cfg = build_config(method, "synthetic", {**base, "seed": seed}, get_method(method).Hyperparameters)
     began = time.perf_counter()
     with heartbeat(HEARTBEAT_S, prefix=f"      {method} seed {seed}: "):

@@ -108,8 +108,17 @@ def _settings(args: argparse.Namespace):
     return dataclasses.replace(settings, **changes)
 
 
+def _quiet_lightning_here(workers: int) -> None:
+    """Imports and quiets Lightning in this process when it trains (one worker). With more,
+    it trains nothing and leaves Lightning's seconds of imports to its workers, which then
+    start at once instead of after them."""
+    if workers == 1:
+        from ..training.quiet import quiet_lightning
+        importlib.import_module("lightning")  # configures its loggers on import; quiet them after
+        quiet_lightning()
+
+
 def cmd_bench_synthetic(args: argparse.Namespace) -> int:
-    from ..training.quiet import quiet_lightning
     from ..errors import ConfigError
     from .report import write_report
     from .synthetic import ceilings, load_tuned, make_jobs, method_variants
@@ -117,8 +126,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     _positive(args.trials_per_method, "--trials-per-method", 0)
     if args.tuned and args.trials_per_method:
         raise ConfigError("give either --tuned DIR or --trials-per-method N, not both")
-    importlib.import_module("lightning")  # configures its loggers on import; quiet them after
-    quiet_lightning()
+    _quiet_lightning_here(args.workers)
     out = Path(args.out or ("runs/bench/synthetic_quick" if args.quick else "runs/bench/synthetic"))
     settings = dataclasses.replace(_settings(args), stage_cache=str(out.resolve() / "stage_cache"))
     variants = method_variants(args.methods)
@@ -234,7 +242,6 @@ def _seeds(items, default):
 def cmd_bench_compare(args: argparse.Namespace) -> int:
     from ..config import parse_set_items
     from ..errors import ConfigError
-    from ..training.quiet import quiet_lightning
     from .compare import CompareSettings, DEFAULT_EPOCHS, DEFAULT_PATIENCE, DEFAULT_SEEDS, compare_variants, \
         data_modalities, make_compare_jobs
     from .report import write_report
@@ -247,8 +254,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     if fixed:
         raise ConfigError(f"--set {fixed[0]} is chosen by the comparison; use --seeds, --data-seed, --epochs, "
                           "--patience or --methods")
-    importlib.import_module("lightning")  # configures its loggers on import; quiet them after
-    quiet_lightning()
+    _quiet_lightning_here(args.workers)
     out = Path(args.out).resolve()
     settings = CompareSettings(args.data, _seeds(args.seeds, DEFAULT_SEEDS), args.data_seed,
                                _positive(args.epochs, "--epochs") or DEFAULT_EPOCHS,
