@@ -199,3 +199,11 @@ def test_trial_report_lines_and_eta():
     now[0] = 130.0
     report(study, study.get_trials()[0])
     assert lines == ["trial 0: val accuracy 0.5000  optim.lr=0.01  [1/4, 0:30 elapsed, ETA 1:30]"]
+
+
+def test_unimodal_trials_are_not_entered_into_the_stage_cache(tmp_path, one_thread):
+    """A trial's checkpoints are deleted after it; a cache entry would keep them (hard links)."""
+    cache = tmp_path / "cache"
+    base = {**TINY_BASE, "method.modality": "x1", "trainer.stage_cache": str(cache)}
+    result = tune("unimodal", "synthetic", base, 2, tmp_path / "study", sampler_seed=0, progress_bar=False)
+    assert len(result.ran_trials) == 2 and not (cache.exists() and any(cache.iterdir()))

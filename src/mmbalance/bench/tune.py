@@ -264,6 +264,8 @@ def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_roo
         trial.set_user_attr("overrides", space)
         cfg = build_config(cls.name, data_spec, {**base, **space}, cls.Hyperparameters)
         cfg.trainer.progress = False
+        if cls.name == "unimodal":  # a trial is not entered into the stage cache: its checkpoints go
+            cfg.trainer.stage_cache = None
         run_dir = trial_root / f"trial_{trial.number:04d}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
