@@ -8,7 +8,9 @@ hyperparameters are its defaults, or the tuned ones (``--tuned``), tuned for eve
 with the same number of trials (paper A.4).
 
 The jobs run on the shared, resumable runner of :mod:`mmbalance.bench.runner`; the Bayes
-ceiling of every setting is computed once per data seed (:func:`ceilings`).
+ceiling of every setting is computed once per data seed (:func:`ceilings`). Unimodal models
+train once per cell and seed in ``OUT/stage_cache``: the ``unimodal-<m>`` runs enter it, and
+``ensemble``, ``unipre_*`` and ``mcr`` (``method.init=unimodal``) start from those very models.
 """
 
 from __future__ import annotations
