@@ -129,3 +129,12 @@ def test_a_standalone_unimodal_run_is_the_stage_the_pipelines_reuse(tmp_path):
     again = train(tiny_config("unimodal", method__modality="x1", trainer__max_epochs=2,
                               trainer__stage_cache=str(cache)), tmp_path / "again")
     assert again["test"] == solo["x1"]["test"] and len([p for p in cache.iterdir() if p.is_dir()]) == 3
+
+
+def test_a_stage_cache_that_cannot_be_written_does_not_fail_the_run(tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="not entered into the stage cache"):
+        metrics = train(tiny_config("unimodal", method__modality="x1", trainer__max_epochs=1,
+                                    trainer__stage_cache=str(blocker)), tmp_path / "run")
+    assert metrics["method"] == "unimodal" and RunDir(tmp_path / "run").is_finished()

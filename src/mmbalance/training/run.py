@@ -149,7 +149,11 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         metrics["seconds"]["probe_and_write"] = round(time.perf_counter() - scored, 3)
         out.write_metrics(metrics)
         if cfg.trainer.stage_cache and not plan and cfg.method == "unimodal":
-            _publish_stage(cfg, out)
+            try:
+                _publish_stage(cfg, out)
+            except OSError as exc:  # the run is finished and kept; the cache is only a saving
+                warnings.warn(f"{out.path}: not entered into the stage cache {cfg.trainer.stage_cache} ({exc}); "
+                              "the methods that start from it will train the stage themselves")
     return metrics
 
 
