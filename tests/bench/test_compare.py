@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import json
+import os
+
+import pytest
 
 from mmbalance.bench.compare import CompareSettings, compare_variants, make_compare_jobs
 from mmbalance.bench.results import ResultsFile
@@ -25,6 +27,10 @@ def test_every_method_gets_the_same_budget_split_and_stage_cache():
     jobs = make_compare_jobs(settings, compare_variants(["joint", "ensemble"], ["a", "b"]),
                              {"joint": ({"optim.lr": 0.01}, 4)})
     assert len(jobs) == 8 and [j.seed for j in jobs] == [0] * 4 + [1] * 4
+    # the unimodal runs first, so that the ensemble's stages are those runs (stage cache)
+    given = [v.label for v in compare_variants(["joint", "ensemble"], ["a", "b"])]
+    assert [j.variant.label for j in jobs[:4]] == ["unimodal-a", "unimodal-b"] + [
+        label for label in given if not label.startswith("unimodal")]
     for j in jobs:
         o = dict(j.overrides)
         assert (o["data.seed"], o["trainer.max_epochs"], o["trainer.patience"]) == (3, 7, 2)
@@ -51,6 +57,19 @@ def test_compare_on_synthetic_writes_results_gaps_and_ceiling_then_skips(tmp_pat
     capsys.readouterr()
     assert main(args) == 0
     assert "3 of 3 runs already recorded" in capsys.readouterr().out
+
+
+def test_compare_trains_each_unimodal_model_once(tmp_path, capsys, one_thread):
+    args = ["bench", "compare", "--data", "synthetic", "--methods", "ensemble", "--seeds", "0", "--epochs", "1",
+            "--out", str(tmp_path), "--set", *TINY_SET]
+    assert main(args) == 0
+    capsys.readouterr()
+    entries = [p for p in (tmp_path / "stage_cache").iterdir() if p.is_dir()]
+    assert sorted(p.name.rsplit("-", 1)[0] for p in entries) == ["unimodal_x1", "unimodal_x2"]
+    for entry in entries:  # the unimodal rows' own models, not a second training of them
+        m = entry.name.split("-")[0].split("_")[1]
+        assert os.path.samefile(entry / "checkpoints" / "best.ckpt",
+                                tmp_path / "runs" / f"unimodal-{m}__seed0" / "checkpoints" / "best.ckpt")
 
 
 def test_method_variants_with_fixed_options():

@@ -6,7 +6,8 @@ Every method gets the same epochs, early stopping and tuning budget
 the competition gap of a method is measured against them. Jobs run on the shared runner of
 :mod:`mmbalance.bench.runner` (resumable, ``--workers``), with unimodal stages (``ensemble``,
 ``unipre_*``, ``method.init=unimodal``) cached in ``OUT/stage_cache`` so each trains once per
-configuration.
+configuration: the ``unimodal-<m>`` runs go first in each seed and enter the cache, so those
+methods start from the very models of the unimodal rows.
 
 The data split is fixed (``data.seed``, ``--data-seed``) and the seeds vary the run
 (initialisation, batch order): tuning (``--trials-per-method``) then selects on that split's
@@ -57,10 +58,14 @@ def compare_variants(selected: Optional[Sequence[str]], modalities: Sequence[str
 
 def make_compare_jobs(settings: CompareSettings, variants: Sequence[Variant],
                       tuned: Optional[Mapping[str, Tuple[Dict[str, Any], int]]] = None) -> List[Job]:
-    """Seed-major jobs (an interrupted comparison has whole seeds)."""
+    """Seed-major jobs (an interrupted comparison has whole seeds); within a seed the
+    ``unimodal`` runs go first, so that with the stage cache the methods starting from
+    unimodal models (``ensemble``, ``unipre_*``, ``mcr``) reuse those very runs instead of
+    training the same models again. The report keeps the order of ``variants``."""
     jobs = []
+    first = sorted(variants, key=lambda v: v.method != "unimodal")  # stable: otherwise as given
     for seed in settings.seeds:
-        for v in variants:
+        for v in first:
             hp, trials = (tuned or {}).get(v.label, ({}, 0))
             overrides = {**hp, **dict(v.fixed), **settings.run_overrides(seed)}
             jobs.append(Job(v, seed, tuple(sorted(overrides.items())), trials, settings.data_spec))
