@@ -138,3 +138,29 @@ def test_a_stage_cache_that_cannot_be_written_does_not_fail_the_run(tmp_path):
         metrics = train(tiny_config("unimodal", method__modality="x1", trainer__max_epochs=1,
                                     trainer__stage_cache=str(blocker)), tmp_path / "run")
     assert metrics["method"] == "unimodal" and RunDir(tmp_path / "run").is_finished()
+
+
+def test_a_unimodal_run_holds_its_stage_lock_while_it_trains_unless_another_process_has_it(tmp_path):
+    import fcntl
+    from mmbalance.training.run import _StageEntry
+    cfg = tiny_config("unimodal", method__modality="x1", trainer__stage_cache=str(tmp_path / "cache"))
+
+    def free(lock) -> bool:  # a second open file: flock conflicts with it even in this process
+        with open(lock, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+
+    with _StageEntry(cfg, RunDir(tmp_path / "run")) as entry:  # a pipeline needing it waits meanwhile
+        assert entry._handle is not None and not free(entry._lock)
+    assert free(entry._lock)
+    with open(entry._lock, "w") as other:  # another process trains this stage: no waiting for it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with _StageEntry(cfg, RunDir(tmp_path / "run")) as entry:
+            assert entry._handle is None
+    assert _StageEntry(cfg, RunDir(entry.cached.path)).cached is None  # the stage trained into the cache
+    assert _StageEntry(tiny_config("joint", trainer__stage_cache=str(tmp_path / "cache")),
+                       RunDir(tmp_path / "j")).cached is None

@@ -69,8 +69,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, callbacks: 
     out = RunDir(out_dir)
     created = not out.path.exists()
     try:
-        with graceful_signals():
-            return _train(cfg, out, resume, callbacks)
+        with graceful_signals(), _StageEntry(cfg, out) as entry:
+            metrics = _train(cfg, out, resume, callbacks)
+            entry.enter(out)
+            return metrics
     except Interrupted:
         raise
     except BaseException:
@@ -148,39 +150,75 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         out.write_predictions(module.method, DataLoader(data.test, batch_size=cfg.data.batch_size))
         metrics["seconds"]["probe_and_write"] = round(time.perf_counter() - scored, 3)
         out.write_metrics(metrics)
-        if cfg.trainer.stage_cache and not plan and cfg.method == "unimodal":
-            try:
-                _publish_stage(cfg, out)
-            except OSError as exc:  # the run is finished and kept; the cache is only a saving
-                warnings.warn(f"{out.path}: not entered into the stage cache {cfg.trainer.stage_cache} ({exc}); "
-                              "the methods that start from it will train the stage themselves")
     return metrics
 
 
-def _publish_stage(cfg: RunConfig, out: RunDir) -> None:
+class _StageEntry:
     """Enters a finished ``unimodal`` run into ``trainer.stage_cache`` as the stage it is.
 
     A standalone unimodal run with the configuration of a pipeline's stage (same
     :func:`stage_key`: data, seed, model, optimizer, schedule) trains that very model, so the
     methods that start from it (``ensemble``, ``unipre_*``, ``method.init=unimodal``) reuse
-    it instead of training it again. The entry is a copy (hard links where the file system
-    allows) made under the stage's lock, so a stage being trained or already there is left
-    alone."""
-    name = f"unimodal_{cfg.hparams.modality}"
-    cached = RunDir(Path(cfg.trainer.stage_cache) / f"{name}-{stage_key(cfg)}")
-    if cached.path.resolve() == out.path.resolve():  # a stage trained into the cache, under its lock
-        return
-    with _locked(cached.path.with_name(cached.path.name + ".lock")):
-        if cached.is_finished():
+    it instead of training it again. While the run trains it holds the stage's lock when it
+    can take it at once, so a pipeline needing that stage in another worker waits for this
+    run instead of training the same model beside it; if another process holds the lock
+    (it is training that stage), the run trains without it. The entry is a copy (hard links
+    where the file system allows), made under the lock unless the stage is already there.
+    A failure to write it warns: the run is finished and kept, the cache only saves time."""
+
+    def __init__(self, cfg: RunConfig, out: RunDir) -> None:
+        self.cfg, self.cached, self._handle = cfg, None, None
+        if (cfg.trainer.stage_cache and cfg.method == "unimodal" and _rank() == 0
+                and getattr(cfg.hparams, "init", "scratch") != "unimodal"):
+            self.name = f"unimodal_{cfg.hparams.modality}"
+            cached = RunDir(Path(cfg.trainer.stage_cache) / f"{self.name}-{stage_key(cfg)}")
+            if cached.path.resolve() != out.path.resolve():  # not a stage trained into the cache itself
+                self.cached = cached
+
+    @property
+    def _lock(self) -> Path:
+        return self.cached.path.with_name(self.cached.path.name + ".lock")
+
+    def __enter__(self) -> "_StageEntry":
+        if self.cached is not None and not self.cached.is_finished():
+            try:
+                self._lock.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(self._lock, "w")
+            except OSError:
+                return self  # reported by enter()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._handle = handle
+            except BlockingIOError:  # another process trains this stage: do not wait for it
+                handle.close()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def enter(self, out: RunDir) -> None:
+        if self.cached is None or not out.is_finished():
             return
-        tmp = cached.path.with_name(f".{cached.path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(out.path, tmp, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns(".*.tmp*", RunDir.STAGES))
-        if cached.path.exists():  # an interrupted stage's leftovers: the finished run replaces them
-            shutil.rmtree(cached.path)
-        os.replace(tmp, cached.path)
-    say(cfg, f"entered this run into the stage cache as {name} ({cached.path})")
+        try:
+            with contextlib.nullcontext() if self._handle is not None else _locked(self._lock):
+                if self.cached.is_finished():
+                    return
+                cached = self.cached
+                tmp = cached.path.with_name(f".{cached.path.name}.tmp{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(out.path, tmp, copy_function=_link_or_copy,
+                                ignore=shutil.ignore_patterns(".*.tmp*", RunDir.STAGES))
+                if cached.path.exists():  # an interrupted stage's leftovers: the finished run replaces them
+                    shutil.rmtree(cached.path)
+                os.replace(tmp, cached.path)
+        except OSError as exc:
+            warnings.warn(f"{out.path}: not entered into the stage cache {self.cfg.trainer.stage_cache} ({exc}); "
+                          "the methods that start from it will train the stage themselves")
+            return
+        say(self.cfg, f"entered this run into the stage cache as {self.name} ({self.cached.path})")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -227,7 +265,7 @@ def _run_stages(cfg: RunConfig, plan: List[Stage], out: RunDir, resume: bool) ->
         if cfg.trainer.stage_cache:
             cached = RunDir(Path(cfg.trainer.stage_cache) / f"{stage.name}-{stage_key(stage_cfg)}")
             def waiting(name=name, cached=cached) -> None:
-                say(cfg, f"{name}: waiting for another process training it into {cached.path}")
+                say(cfg, f"{name}: waiting for another process that trains it ({cached.path})")
             with _locked(cached.path.with_name(cached.path.name + ".lock"), on_wait=waiting):
                 trained = not cached.is_finished()
                 if trained:
