@@ -164,3 +164,5 @@ def test_a_unimodal_run_holds_its_stage_lock_while_it_trains_unless_another_proc
     assert _StageEntry(cfg, RunDir(entry.cached.path)).cached is None  # the stage trained into the cache
     assert _StageEntry(tiny_config("joint", trainer__stage_cache=str(tmp_path / "cache")),
                        RunDir(tmp_path / "j")).cached is None
+    assert _StageEntry(tiny_config("unimodal", trainer__stage_cache=str(tmp_path / "cache")),
+                       RunDir(tmp_path / "u")).cached is None  # no modality: the run fails, no lock is made

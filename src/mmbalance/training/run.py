@@ -169,7 +169,7 @@ class _StageEntry:
     def __init__(self, cfg: RunConfig, out: RunDir) -> None:
         self.cfg, self.cached, self._handle = cfg, None, None
         if (cfg.trainer.stage_cache and cfg.method == "unimodal" and _rank() == 0
-                and getattr(cfg.hparams, "init", "scratch") != "unimodal"):
+                and getattr(cfg.hparams, "modality", None) and getattr(cfg.hparams, "init", "scratch") != "unimodal"):
             self.name = f"unimodal_{cfg.hparams.modality}"
             cached = RunDir(Path(cfg.trainer.stage_cache) / f"{self.name}-{stage_key(cfg)}")
             if cached.path.resolve() != out.path.resolve():  # not a stage trained into the cache itself
