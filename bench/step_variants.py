@@ -53,6 +53,20 @@ def build_step(label: str, variant: str) -> Callable[[], None]:
     return step
 
 
+def interleaved_ms(steps: Dict[tuple, Callable[[], None]], rounds: int, calls: int) -> Dict[tuple, List[float]]:
+    """Each step's ms per call in each of ``rounds`` rounds; every round times ``calls``
+    calls of every step in turn, so the machine's drift falls on all of them alike."""
+    times: Dict[tuple, List[float]] = {key: [] for key in steps}
+    for r in range(rounds):
+        for key, step in steps.items():
+            began = time.perf_counter()
+            for _ in range(calls):
+                step()
+            times[key].append((time.perf_counter() - began) * 1e3 / calls)
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["multiloss", "mcr_p1", "mcr_p32"])
@@ -77,14 +91,7 @@ def main() -> None:
                 breaks = sum(counters["graph_break"].values())
                 note += f", {breaks} graph break{'s' if breaks != 1 else ''}"
             print(f"{label:10s} {variant:9s} ready ({note})", flush=True)
-    times: Dict[tuple, List[float]] = {key: [] for key in steps}
-    for r in range(args.rounds):
-        for key, step in steps.items():
-            began = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[key].append((time.perf_counter() - began) * 1e3 / args.steps)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    times = interleaved_ms(steps, args.rounds, args.steps)
     print(f"\n| method | {' | '.join(args.variants)} |")
     print("|---|" + "---:|" * len(args.variants))
     for label in args.methods:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
@@ -51,13 +51,17 @@ def term_steps(label: str) -> Dict[str, Callable[[], None]]:
     return steps
 
 
-def multiloss_steps() -> Dict[tuple, Callable[[], None]]:
+def _step_variants():
     import importlib.util
     import pathlib
     spec = importlib.util.spec_from_file_location("step_variants", pathlib.Path(__file__).with_name("step_variants.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {("multiloss step", v): module.build_step("multiloss", {"eager": "foreach"}.get(v, v))
+    return module
+
+
+def multiloss_steps() -> Dict[tuple, Callable[[], None]]:
+    return {("multiloss step", v): _step_variants().build_step("multiloss", {"eager": "foreach"}.get(v, v))
             for v in ("eager", "compiled")}
 
 
@@ -76,14 +80,7 @@ def main() -> None:
         for _ in range(5):
             step()
         print(f"{' '.join(key):30s} ready ({time.perf_counter() - began:.1f} s for the first 5 calls)", flush=True)
-    times: Dict[tuple, List[float]] = {key: [] for key in steps}
-    for r in range(args.rounds):
-        for key, step in steps.items():
-            began = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[key].append((time.perf_counter() - began) * 1e3 / args.steps)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    times = _step_variants().interleaved_ms(steps, args.rounds, args.steps)
     base = {v: statistics.median(times["multiloss step", v]) for v in ("eager", "compiled")}
     print("\n| what | eager ms | compiled ms | eager / multiloss step (eager) | compiled / multiloss step (compiled) |")
     print("|---|---:|---:|---:|---:|")
