@@ -50,10 +50,11 @@ def test_the_demo_parent_with_workers_loads_no_lightning():
     assert "torch" in loaded and not loaded & {"lightning", "torchmetrics"}, sorted(loaded & {"lightning"})
 
 
-def test_epoch_lines_is_still_a_lightning_callback_on_first_use():
-    loaded = _loaded_after("from mmbalance.training.progress import EpochLines\n"
+def test_the_loop_still_prints_its_epoch_lines_through_a_lightning_callback():
+    loaded = _loaded_after("from mmbalance.training.epoch_lines import EpochLines\n"
                            "from lightning.pytorch.callbacks import Callback\n"
-                           "from mmbalance.training import progress, train\n"
-                           "assert issubclass(EpochLines, Callback) and progress.EpochLines is EpochLines\n"
+                           "from mmbalance.training import train\n"
+                           "from mmbalance.training import run\n"
+                           "assert issubclass(EpochLines, Callback) and run.EpochLines is EpochLines\n"
                            "assert train.__module__ == 'mmbalance.training.run'")
     assert "lightning" in loaded

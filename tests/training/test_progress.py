@@ -13,6 +13,7 @@ import pytest
 
 from mmbalance.engine import RunDir
 from mmbalance.training import progress, train
+from mmbalance.training.epoch_lines import EpochLines
 from mmbalance.training.run import _trainer
 
 from ..conftest import tiny_config
@@ -77,18 +78,18 @@ def test_a_terminal_gets_the_bar_and_a_file_the_lines(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", _Terminal())
     trainer, _ = _trainer(cfg, RunDir(tmp_path / "a"))
     assert trainer.progress_bar_callback is not None
-    assert not any(isinstance(c, progress.EpochLines) for c in trainer.callbacks)
+    assert not any(isinstance(c, EpochLines) for c in trainer.callbacks)
     with progress.heartbeat(20.0):  # the demo's runs: lines, never a bar over its own lines
         trainer, _ = _trainer(cfg, RunDir(tmp_path / "b"))
     assert trainer.progress_bar_callback is None
     monkeypatch.undo()
     trainer, _ = _trainer(cfg, RunDir(tmp_path / "c"))  # pytest's captured stdout is no terminal
     assert trainer.progress_bar_callback is None
-    assert sum(isinstance(c, progress.EpochLines) for c in trainer.callbacks) == 1
+    assert sum(isinstance(c, EpochLines) for c in trainer.callbacks) == 1
     cfg.trainer.progress = False
     trainer, _ = _trainer(cfg, RunDir(tmp_path / "d"))
     assert trainer.progress_bar_callback is None and not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
-    assert not any(isinstance(c, progress.EpochLines) for c in trainer.callbacks)
+    assert not any(isinstance(c, EpochLines) for c in trainer.callbacks)
 
 
 def test_heartbeat_thins_a_runs_lines(monkeypatch, capsys):
@@ -117,7 +118,7 @@ def test_a_long_epoch_gets_lines_inside_it(monkeypatch, capsys):
     from types import SimpleNamespace
     clock_now = [100.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock_now[0])
-    lines = progress.EpochLines("mcr", "val/accuracy")
+    lines = EpochLines("mcr", "val/accuracy")
     trainer = SimpleNamespace(current_epoch=0, max_epochs=3, num_training_batches=4, is_global_zero=True)
     lines.on_train_epoch_start(trainer, None)
     for i, loss in enumerate((4.0, 2.0, 3.0, 1.0)):

@@ -1,7 +1,7 @@
 """What a run prints while it trains.
 
 On a terminal Lightning's progress bar redraws itself in place. Anywhere else (CI, ``nohup``,
-a cluster's log file) a bar is a stream of carriage returns, so :class:`EpochLines` prints
+a cluster's log file) a bar is a stream of carriage returns, so :class:`~mmbalance.training.epoch_lines.EpochLines` prints
 one plain line per epoch instead, with the main metrics and an ETA::
 
     [mcr] epoch 3/30  loss 1.2345  val accuracy 0.4567  best 0.4600 (epoch 2)  4.1 s/epoch  ETA 0:01:50
@@ -92,14 +92,3 @@ def clock(seconds: float) -> str:
 
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
-
-
-def __getattr__(name: str) -> Any:
-    """``EpochLines`` (a Lightning callback, in :mod:`.epoch_lines`) loads on first use: the
-    rest of this module (``emit``, ``clock``, ``heartbeat``) serves processes that never
-    import Lightning, such as the demo's parent."""
-    if name == "EpochLines":
-        from .epoch_lines import EpochLines
-        globals()["EpochLines"] = EpochLines
-        return EpochLines
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,8 @@ from .loggers import build_loggers
 from .options import check_trainer
 from .module import BalanceModule
 from .probe import final_probe, probe_callbacks, probe_metrics
-from .progress import EpochLines, run_label, say, use_bar
+from .epoch_lines import EpochLines
+from .progress import run_label, say, use_bar
 from .quiet import IGNORED_WARNINGS, drop_lightning_chatter
 
 MINIMISED = ("mae", "mse")
