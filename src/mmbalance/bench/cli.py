@@ -113,8 +113,7 @@ def _quiet_lightning_here(workers: int) -> None:
     it trains nothing and leaves Lightning's seconds of imports to its workers, which then
     start at once instead of after them."""
     if workers == 1:
-        from ..training.quiet import quiet_lightning
-        importlib.import_module("lightning")  # configures its loggers on import; quiet them after
+        from ..training.quiet import quiet_lightning  # imports Lightning, which configures its loggers
         quiet_lightning()
 
 
