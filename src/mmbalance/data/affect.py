@@ -22,13 +22,13 @@ front padding, which the sequence encoder masks). Sentiment scores lie in [-3, 3
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from . import safe_pickle
 from .arrays import from_arrays
 from .bundle import DataBundle
 from .clips import require_root
@@ -89,8 +89,9 @@ def _modalities(chosen: Optional[list]) -> List[str]:
 
 def _read(path: Path) -> Dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            table = pickle.load(handle)
+        table = safe_pickle.load(path)
+    except safe_pickle.UnsafePickleError:
+        raise
     except Exception as exc:  # any unpickling failure means the same thing here
         raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})") from None
     missing = [k for k in SPLITS if not isinstance(table, dict) or not isinstance(table.get(k), dict)]

@@ -150,10 +150,13 @@ def load_pickled_array(path: str | Path, what: str, ndim: int = 2) -> np.ndarray
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file {path} does not exist (expected a pickled {ndim}-D array)")
+    from . import safe_pickle
+
     try:
-        with open(path, "rb") as handle:
-            value = pickle.load(handle)
+        value = safe_pickle.load(path, f"{what} file")
         array = np.asarray(value, dtype=np.float32)
+    except safe_pickle.UnsafePickleError:
+        raise
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError,
             ImportError, IndexError) as exc:
         raise DataError(f"{what} file {path} is not a readable pickled array ({type(exc).__name__}: {exc})") from None

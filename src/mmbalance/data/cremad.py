@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import csv
 import json
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ..errors import DataError
+from . import safe_pickle
 from .audio import spectrogram_shape
 from .clips import (Clip, av_bundle, carve_validation, first_shape, frame_paths, image_frames, log_skips,
                     pickled_audio, read_lines, require_root, spectrogram_source, wav_audio, waveform_input)
@@ -108,7 +108,9 @@ def _read_fold_file(path: Path):
     except (UnicodeDecodeError, json.JSONDecodeError):
         pass
     try:
-        return pickle.loads(raw)
+        return safe_pickle.loads(raw, path, "fold file")
+    except safe_pickle.UnsafePickleError:
+        raise
     except Exception as exc:  # any unpickling failure means the same thing here
         raise DataError(f"{path} is neither JSON nor a pickle of the folds ({type(exc).__name__})") from None
 

@@ -23,7 +23,6 @@ before the ImageNet normalization (the authors skip the scaling).
 
 from __future__ import annotations
 
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List
@@ -31,6 +30,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..errors import DataError
+from . import safe_pickle
 from .audio import fixed_waveform, spectrogram_shape, waveform_spectrogram
 from .clips import Clip, av_bundle, carve_validation, log_skips, read_lines, require_root, waveform_input
 from .vision import array_to_image
@@ -91,8 +91,9 @@ def _read_pickle(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path} does not exist (expected the UCF-51 pickle {{filename: {ENTRY}}})")
     try:
-        with open(path, "rb") as handle:
-            table = pickle.load(handle)
+        table = safe_pickle.load(path)
+    except safe_pickle.UnsafePickleError:
+        raise
     except Exception as exc:  # any unpickling failure means the same thing here
         raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(table, dict):
@@ -104,8 +105,9 @@ def _class_map(root: Path, table: Dict[str, Any]) -> Dict[int, int]:
     path = root / "class_change.pkl"
     if path.is_file():
         try:
-            with open(path, "rb") as handle:
-                mapping = {int(k): int(v) for k, v in pickle.load(handle).items()}
+            mapping = {int(k): int(v) for k, v in safe_pickle.load(path).items()}
+        except safe_pickle.UnsafePickleError:
+            raise
         except Exception as exc:  # any unpickling failure means the same thing here
             raise DataError(f"{path} is not a readable pickle of {{UCF101 label: UCF-51 label}} "
                             f"({type(exc).__name__})") from None
