@@ -78,14 +78,19 @@ class Extra:
 def test_method_state_keeps_the_method_entries_without_their_prefix(tmp_path):
     assert METHOD_PREFIX == "method."
     ckpt = tmp_path / "x.ckpt"
-    # Extra: not a tensor or a plain container, so torch.load(weights_only=True) would refuse it
-    torch.save({"state_dict": {"method.model.w": torch.ones(2), "method.weights": torch.zeros(1),
-                               "other.w": torch.full((2,), 3.0), "methodx": torch.ones(1)}, "epoch": 3,
-                "callbacks": {"x": Extra(Path("a"))}}, ckpt)
+    tree = {"state_dict": {"method.model.w": torch.ones(2), "method.weights": torch.zeros(1),
+                           "other.w": torch.full((2,), 3.0), "methodx": torch.ones(1)}, "epoch": 3,
+            "callbacks": {"x": {"dirpath": "a", "best": torch.tensor(0.5)}}}
+    torch.save(tree, ckpt)
     got = method_state(ckpt)
     assert list(got) == ["model.w", "weights"]
     assert torch.equal(got["model.w"], torch.ones(2)) and torch.equal(got["weights"], torch.zeros(1))
     assert RunDir.method_state(str(ckpt)).keys() == got.keys()
+    # an object that is not a tensor, container or scalar is refused (weights-only load), not built
+    tree["callbacks"]["x"] = Extra(Path("a"))
+    torch.save(tree, ckpt)
+    with pytest.raises(DataError, match=r"x\.ckpt wants to load tests\.engine\.test_rundir\.Extra"):
+        method_state(ckpt)
 
 
 def test_stage_states_and_load_method_state(tmp_path):

@@ -30,6 +30,7 @@ import yaml
 
 from ..errors import DataError
 from .predictions import Predictions, collect_predictions
+from .safe_load import load_checkpoint
 
 #: prefix of the method's entries in the Lightning module's ``state_dict`` (its attribute name)
 METHOD_PREFIX = "method."
@@ -52,8 +53,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def method_state(checkpoint: str | Path) -> Dict[str, torch.Tensor]:
     """The method's own ``state_dict`` from a training checkpoint (the entries under
-    :data:`METHOD_PREFIX`, prefix removed)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    :data:`METHOD_PREFIX`, prefix removed), loaded weights-only (:mod:`.safe_load`)."""
+    state = load_checkpoint(checkpoint)["state_dict"]
     return {k[len(METHOD_PREFIX):]: v for k, v in state.items() if k.startswith(METHOD_PREFIX)}
 
 

@@ -103,7 +103,7 @@ def plain_main(argv: Optional[Sequence[str]] = None) -> int:
             best = val
             torch.save(state, out / "best.pt")
     trained = time.perf_counter()
-    model.load_state_dict(torch.load(out / "best.pt")["model"])
+    model.load_state_dict(torch.load(out / "best.pt", weights_only=True)["model"])
     result = {"val_accuracy": best, "test_accuracy": accuracy("test"),
               "seconds": {"imports": round(imported - began, 3), "setup": round(ready - imported, 3),
                           "fit": round(trained - ready, 3), "score_and_write": None}}
