@@ -8,6 +8,7 @@ import importlib
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -67,7 +68,29 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    _add_data_check(sub)
     return p
+
+
+def _add_data_check(sub) -> None:
+    """``mmbalance data check``, beside ``data throughput`` (which made the ``data`` parser)."""
+    group = next(a for a in sub.choices["data"]._actions if isinstance(a, argparse._SubParsersAction))
+    c = group.add_parser("check", help="read every data file of every split once (as train does before "
+                                       "its first epoch); exit 2 on a bad one")
+    c.add_argument("--data", required=True, help="a built-in dataset name (with --set data.root=PATH)")
+    c.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="data.* overrides")
+    c.set_defaults(func=cmd_data_check)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .config import build_config, parse_set_items
+    from .data.check import check_bundle
+    from .training.build import build_data
+    cfg = build_config("joint", args.data, parse_set_items(args.set))
+    began = time.perf_counter()
+    report = check_bundle(build_data(cfg), args.data, cfg.data.root, progress=lambda line: print(line, flush=True))
+    print(f"{report.summary(args.data)}; {time.perf_counter() - began:.2f} s with loading")
+    return 0
 
 
 def cmd_methods() -> int:

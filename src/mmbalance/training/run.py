@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from lightning.pytorch.strategies import DDPStrategy
 
 from ..config import RunConfig, record, resolve_data_spec
+from ..data.check import check_bundle
 from ..engine import RunDir, atomic_write_text
 from ..errors import ConfigError, Interrupted
 from ..methods import get_method
@@ -91,6 +92,9 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     last = out.last_checkpoint
     method_cls = get_method(cfg.method)
     data = build_data(cfg)
+    checked = check_bundle(data, cfg.data_spec, cfg.data.root, progress=lambda line: say(cfg, line))
+    if checked.items:  # every lazily read file of every split, now rather than while scoring
+        say(cfg, checked.summary(cfg.data_spec))
     plan = method_cls.stages(list(data.shapes), cfg.hparams)
     if plan:  # fail on a bad option now, not after the stages have trained
         with torch.random.fork_rng(devices=[]):
