@@ -6,7 +6,8 @@
 #
 #   bash bench/gpu_check.sh [OUT]          # OUT defaults to runs/bench/speed_gpu
 #
-# Paste OUT/speed.md (its first line names the card) and OUT/profile/*.txt heads.
+# Paste the tests/gpu result line, OUT/speed.md (its first line names the card) and the
+# OUT/profile/*.txt heads, and date the "GPU-only tests" line of docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/bench/speed_gpu}"
@@ -24,6 +25,8 @@ assert torch.cuda.is_available(), "no CUDA device visible to this torch"
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
 PYEOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+# the device-dependent tests first (OGM's noise, the permutations, map_location; skipped on a CPU)
+"$PY" -m pytest -q -rs -p no:cacheprovider tests/gpu
 time "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch 32 --settings cremad --out "$OUT"
 "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch 32 --settings cremad \
     --profile multiloss mcr_p32 --profile-steps 10 --out "$OUT/profile"
