@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torchmetrics
 
 from mmbalance import NonFiniteLossError
 from mmbalance.cli import main
@@ -62,18 +63,39 @@ def test_skip_nonfinite_counts(exploding, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["nonfinite_steps"] == metrics["nonfinite_steps"]
 
 
-def test_nan_metric_is_flagged(tmp_path):
-    import numpy as np
-    n = 120
-    path = tmp_path / "const.npz"  # constant inputs -> constant predictions -> undefined correlation
-    np.savez(path, a=np.ones((n, 2), np.float32), b=np.ones((n, 2), np.float32),
-             label=np.random.default_rng(0).normal(size=n).astype(np.float32))
-    from mmbalance.config import build_config
-    from mmbalance.methods import get_method
-    cfg = build_config("joint", str(path), {"trainer.max_epochs": 1, "trainer.monitor": "mae",
-                                            "trainer.progress": False, "optim.lr": 1e-12},
-                       get_method("joint").Hyperparameters)
-    metrics = train(cfg, tmp_path / "run")
+class _Undefined(torchmetrics.Metric):
+    """A metric whose value is NaN by construction (as Pearson's correlation of a constant
+    prediction is): the flagging is tested without relying on any kernel's rounding."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, preds, target):
+        self.count += target.shape[0]
+
+    def compute(self):
+        return self.count * float("nan")
+
+
+def test_nan_metric_is_flagged(tmp_path, monkeypatch):
+    from mmbalance.training import module
+    planted = module._metrics
+
+    def with_undefined(task, num_classes):
+        metrics = planted(task, num_classes)
+        metrics.add_metrics({"undefined": _Undefined()})
+        return metrics
+
+    monkeypatch.setattr(module, "_metrics", with_undefined)
+    metrics = train(tiny_config("joint", trainer__max_epochs=1), tmp_path / "run")
     text = (tmp_path / "run" / "metrics.json").read_text()
-    assert "NaN" not in text
-    assert "test/corr" in metrics["nonfinite_metrics"] and json.loads(text)["test"]["corr"] is None
+    assert "NaN" not in text and "Infinity" not in text
+    written = json.loads(text)
+    for split in ("val", "test"):
+        assert f"{split}/undefined" in metrics["nonfinite_metrics"] and written[split]["undefined"] is None
+        assert math.isfinite(written[split]["accuracy"])  # only the non-finite value is replaced
+    # the fused prediction's and each modality head's value, on both splits (validation logs
+    # them as 0.0 for the monitor; metrics.json must not hold that false 0)
+    assert sorted(written["nonfinite_metrics"]) == sorted(f"{split}/undefined{head}" for split in ("val", "test")
+                                                          for head in ("", "/x1", "/x2"))

@@ -129,6 +129,9 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
             + f"scoring the {'best checkpoint' if best else 'model'} on val and test")
         scoring = time.perf_counter()
         val = trainer.validate(module, val_dl, ckpt_path=best, verbose=False)[0]
+        # a non-finite validation value is logged as 0.0 (the monitor needs a number): report it
+        # as it was, so that _flag_nonfinite flags it instead of metrics.json holding a false 0
+        val.update({f"val/{k}": v for k, v in module.last_val.items() if not math.isfinite(v)})
         test = trainer.test(module, test_dl, ckpt_path=best, verbose=False)[0]
         scored = time.perf_counter()
     metrics = {
