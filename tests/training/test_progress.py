@@ -29,7 +29,7 @@ EPOCH = re.compile(r"^\[(?P<label>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<total>\d+) 
 def test_train_to_a_pipe_prints_one_line_per_epoch_and_no_chatter(tmp_path):
     """``python -m mmbalance train ... | cat``: mcr with its two unimodal stages, 2 epochs each."""
     sets = ["data.n=300", "data.dim=16", "data.latent_dim=4", "data.batch_size=16", "model.feature_dim=8",
-            "model.hidden=16", "trainer.max_epochs=2", "trainer.patience=0"]
+            "model.hidden=16", "trainer.max_epochs=2", "trainer.patience=0", "method.init=unimodal"]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", "--method", "mcr",
                            "--set", *sets, "--out", str(tmp_path / "run")],

@@ -96,9 +96,8 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     if checked.items:  # every lazily read file of every split, now rather than while scoring
         say(cfg, checked.summary(cfg.data_spec))
     plan = method_cls.stages(list(data.shapes), cfg.hparams)
-    if plan:  # fail on a bad option now, not after the stages have trained
-        with torch.random.fork_rng(devices=[]):
-            build_method(cfg, build_model(data, cfg))
+    with torch.random.fork_rng(devices=[]):  # a bad option fails now, before the start line or a stage
+        build_method(cfg, build_model(data, cfg))
     if resume and not last.exists() and not (plan and out.stages.exists()):
         raise ConfigError(f"--resume: no checkpoint at {last}")
     out.mkdir()
