@@ -22,6 +22,16 @@ def tiny_config(method: str, **overrides):
     return build_config(method, "synthetic", values, get_method(method).Hyperparameters)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _check_cache(tmp_path_factory):
+    """The data check's cache (data/check.py) goes to a temporary folder, never the user's
+    ~/.cache; subprocesses inherit it through the environment."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMBALANCE_CACHE_DIR", str(tmp_path_factory.mktemp("mmbalance-check-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

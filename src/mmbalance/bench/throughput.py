@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 def register(subparsers: Any) -> None:
     """Adds ``mmbalance data throughput`` to the command line."""
-    data = subparsers.add_parser("data", help="data tools (throughput)")
+    data = subparsers.add_parser("data", help="data tools (check, throughput)")
     sub = data.add_subparsers(dest="data_command", required=True, parser_class=type(data))
     t = sub.add_parser("throughput", help="samples/s of each loader split and of the model step")
     t.add_argument("--data", help="a built-in dataset name (with --set data.root=PATH) or a .npz/.h5 file")
