@@ -87,12 +87,12 @@ def _launch(how, argv, tmp_path):
 @pytest.mark.parametrize("how", ["fork", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_two_worker_processes_share_one_sqlite_study_without_losing_or_duplicating_trials(tmp_path, how, one_thread):
     sets = [f"{k}={v}" for k, v in TINY_BASE.items()]
-    argv = ["tune", "--data", "synthetic", "--method", "joint", "--trials", "2", "--out", str(tmp_path),
+    argv = ["tune", "--data", "synthetic", "--method", "joint", "--trials", "4", "--out", str(tmp_path),
             "--no-prune", "--set", *sets]  # the PostgreSQL test runs the default, pruning
     outs = _launch(how, argv, tmp_path)
-    _fork_outputs_have_eta_lines(outs, 2)
     ran = [json.loads(re.search(r"this process ran trials (\[.*?\])", o).group(1)) for o in outs]
-    assert len(ran[0]) == 2 and len(ran[1]) == 2 and not set(ran[0]) & set(ran[1])  # nothing run twice
+    assert len(ran[0]) + len(ran[1]) == 4 and not set(ran[0]) & set(ran[1])  # the study's budget, nothing run twice
+    _fork_outputs_have_eta_lines(outs, ran, 4)
     study = optuna.load_study(study_name="joint", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3] == sorted(ran[0] + ran[1])  # nothing lost
@@ -101,29 +101,45 @@ def test_two_worker_processes_share_one_sqlite_study_without_losing_or_duplicati
     run_dirs = {t.user_attrs["run_dir"] for t in trials}
     assert len(run_dirs) == 4 and all((Path(d) / "metrics.json").exists() for d in run_dirs)
     best = load_yaml(tmp_path / "joint.yaml")
-    assert best["optim.lr"] in {t.params["optim.lr"] for t in trials}
+    assert best["optim.lr"] == study.best_trial.params["optim.lr"]
+    final = [line for o in outs for line in o.splitlines() if line == f"wrote {tmp_path / 'joint.yaml'}"]
+    assert len(final) == 1, outs  # the final configuration is written once, by one worker
+    assert study.user_attrs["mmbalance.budget"] == 4 and study.user_attrs["mmbalance.final"]["budget"] == 4
 
-    # Resuming with a budget (what `bench synthetic --trials-per-method` does) runs only the rest.
+    # A larger budget (what `bench synthetic --trials-per-method` does when raised) runs only the rest.
     lines = []
-    more = tune("joint", "synthetic", TINY_BASE, 5, tmp_path, top_up=True, log=lines.append)
-    assert more.ran_trials == [4] and more.finished_trials == 5 and len(lines) == 1
-    assert tune("joint", "synthetic", TINY_BASE, 5, tmp_path, top_up=True).ran_trials == []
+    more = tune("joint", "synthetic", TINY_BASE, 5, tmp_path, log=lines.append)
+    assert more.ran_trials == [4] and more.finished_trials == 5 and more.final and more.config_written
+    assert lines[0] == "joint study 'joint': budget raised from 4 to 5 trials" and len(lines) == 2
+    again = tune("joint", "synthetic", TINY_BASE, 5, tmp_path)  # the study holds its budget: nothing to run or write
+    assert again.ran_trials == [] and not again.config_written and again.final_by == more.final_by
     values = load_yaml(tmp_path / "joint.yaml")  # what `mmbalance train --config` reads
     cfg = build_config("joint", "synthetic", values, get_method("joint").Hyperparameters)
     assert cfg.optim.lr == more.best_params["optim.lr"] and cfg.data.n == 200
     info = json.loads((tmp_path / "joint.json").read_text())
-    assert info["trials"] == 5 and info["best_trial"] == more.best_trial
+    assert (info["trials"], info["best_trial"], info["budget"], info["final"]) == (5, more.best_trial, 5, True)
     assert not (Path(trials[0].user_attrs["run_dir"]) / "checkpoints").exists()
+    final_text = (tmp_path / "joint.yaml").read_text()
+    (tmp_path / "joint.yaml").unlink()
+    export = tune("joint", "synthetic", TINY_BASE, 0, tmp_path)  # --trials 0: written again on request
+    assert export.config_written and export.final and (tmp_path / "joint.yaml").read_text() == final_text
     with pytest.raises(ConfigError, match="tuned with other base"):
         tune("joint", "synthetic", {**TINY_BASE, "data.n": 300}, 1, tmp_path)
 
 
-def _fork_outputs_have_eta_lines(outs, trials):
-    """Off a terminal (a log file) each trial is one line with its outcome and an ETA."""
-    for out in outs:
-        lines = re.findall(r"^joint trial \d+: (?:val accuracy [\d.]+|pruned after epoch \d+.*?)  optim\.lr=\S+"
+def _fork_outputs_have_eta_lines(outs, ran, budget):
+    """Off a terminal (a log file) each trial is one line with its outcome and, with an ETA,
+    how many of the study's trials have finished: more after each of a worker's trials, all
+    of them after the last."""
+    counts = []
+    for out, numbers in zip(outs, ran):
+        lines = re.findall(r"^joint trial (\d+): (?:val accuracy [\d.]+|pruned after epoch \d+.*?)  optim\.lr=\S+"
                            r"  \[(\d+)/(\d+), \d+:\d\d elapsed, ETA \d+:\d\d\]$", out, re.M)
-        assert [(int(k), int(n)) for k, n in lines] == [(k, trials) for k in range(1, trials + 1)], out
+        assert [int(n) for n, _, _ in lines] == numbers and {int(b) for _, _, b in lines} <= {budget}, out
+        finished = [int(k) for _, k, _ in lines]
+        assert finished == sorted(set(finished)) and all(1 <= k <= budget for k in finished), out
+        counts += finished
+    assert max(counts) == budget
 
 
 class OddTrialsPruner(optuna.pruners.BasePruner):
@@ -178,13 +194,14 @@ def test_the_median_pruner_stops_a_trial_below_the_median_at_an_epoch(tmp_path, 
         study.tell(trial, 1.0)
     lines = []
     base = {**TINY_BASE, "trainer.max_epochs": 4}
-    result = tune("joint", "synthetic", base, 1, tmp_path, progress_bar=False, log=lines.append)
+    result = tune("joint", "synthetic", base, PRUNER_STARTUP_TRIALS + 1, tmp_path, progress_bar=False,
+                  log=lines.append)  # the study's budget: one trial more than it holds
     pruned = study.get_trials()[-1]
     assert pruned.state == optuna.trial.TrialState.PRUNED
     assert sorted(pruned.intermediate_values) == list(range(PRUNER_WARMUP_EPOCHS + 1))
     assert result.ran_trials == [PRUNER_STARTUP_TRIALS] and result.pruned_trials == 1
     assert re.match(r"joint trial 5: pruned after epoch 3 \(val accuracy [\d.]+\)  optim\.lr=\S+  "
-                    r"\[1/1, \d+:\d\d elapsed, ETA 0:00\]$", lines[0]), lines
+                    r"\[6/6, \d+:\d\d elapsed, ETA 0:00\]$", lines[0]), lines
 
 
 def test_trial_report_lines_and_eta():
@@ -207,3 +224,114 @@ def test_unimodal_trials_are_not_entered_into_the_stage_cache(tmp_path, one_thre
     base = {**TINY_BASE, "method.modality": "x1", "trainer.stage_cache": str(cache)}
     result = tune("unimodal", "synthetic", base, 2, tmp_path / "study", sampler_seed=0, progress_bar=False)
     assert len(result.ran_trials) == 2 and not (cache.exists() and any(cache.iterdir()))
+
+
+def _instant_train(cfg, run_dir, keep_checkpoints, callbacks=()):
+    """A stand-in for training: the trial's value is its learning rate (no Lightning, no data)."""
+    return {"val": {"accuracy": float(cfg.optim.lr)}, "test": {"accuracy": 0.0}}
+
+
+def _racing_worker(role, out, budget, events, result_path):
+    """One of two forked ``tune`` workers that the test drives into the race of issue 23.5:
+    ``b`` finishes its first trial and stops between trials (before asking for its next one)
+    until ``a`` has returned; ``a`` holds its first trial until ``b`` is there."""
+    import mmbalance.bench.tune as tune_module
+    first = [True]
+
+    def train(*args, **kwargs):
+        if role == "a" and first[0]:
+            first[0] = False
+            assert events["b_between"].wait(120)
+        return _instant_train(*args, **kwargs)
+
+    tune_module._train = train
+    if role == "b":
+        ask, asked = optuna.study.Study.ask, [0]
+
+        def held_ask(study, *args, **kwargs):
+            asked[0] += 1
+            if asked[0] == 2:  # between its first and its second trial
+                events["b_between"].set()
+                assert events["a_done"].wait(120)
+            return ask(study, *args, **kwargs)
+
+        optuna.study.Study.ask = held_ask
+    try:
+        result = tune("joint", "synthetic", TINY_BASE, budget, out, pruner=None, progress_bar=False,
+                      log=lambda line: None)
+    finally:
+        if role == "a":
+            events["a_done"].set()
+    result_path.write_text(json.dumps({"ran": result.ran_trials, "written": result.config_written,
+                                       "running": result.running_elsewhere, "final": getattr(result, "final", None),
+                                       "yaml": (out / "joint.yaml").read_text()}))
+
+
+def test_one_worker_writes_the_final_configuration_when_the_other_is_between_trials(tmp_path):
+    """Issue 23.5: ``a`` ends while ``b`` is between trials, with no trial of ``b`` running.
+    Without a budget stored in the study ``a`` took its result for the final one and ``b``
+    rewrote it after its next trial (two final writes). With the budget, ``a`` sees that the
+    study's 4 trials are not all finished (``b`` holds a claim on the last one): its file is
+    provisional, and ``b``, which finishes the last trial, writes the final file once."""
+    importlib.import_module("mmbalance.training.run")  # imported once here (Lightning), not in each worker
+    ctx = multiprocessing.get_context("fork")
+    events = {"b_between": ctx.Event(), "a_done": ctx.Event()}
+    paths = {role: tmp_path / f"{role}.json" for role in "ab"}
+    procs = [ctx.Process(target=_racing_worker, args=(role, tmp_path, 4, events, paths[role])) for role in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = (json.loads(paths[role].read_text()) for role in "ab")
+    finals = [r for r in (a, b) if r["written"] and not r["running"]]
+    assert len(finals) == 1 and finals[0] is b, (a, b)  # the final file is written once, by b
+    study = optuna.load_study(study_name="joint", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3] == sorted(a["ran"] + b["ran"])  # the budget, exactly
+    assert a["running"] == [3] and a["final"] is False and "# provisional: 3 of the study's 4 trials" in a["yaml"]
+    assert b["final"] is True and f"(trial {study.best_trial.number})" in b["yaml"] and "provisional" not in b["yaml"]
+    assert (tmp_path / "joint.yaml").read_text() == b["yaml"]
+
+
+def _claiming_worker(url, barrier, budget, result_path):
+    from mmbalance.bench.tune_study import StudyAttrs, TrialClaims, open_storage
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="claims", storage=storage)
+    claims = TrialClaims(study, StudyAttrs(storage, storage.get_study_id_from_name("claims")))
+    barrier.wait(60)
+    while claims.claim():
+        pass
+    barrier.wait(60)
+    won, _ = claims.claim_final(budget, {"worker": str(os.getpid())})
+    result_path.write_text(json.dumps([claims.made, won]))
+
+
+def claims_race(url, tmp_path, budget=40):
+    """Two processes claim trials of one study's budget as fast as they can, then race for
+    its final write: together they claim the budget exactly and one wins the final write."""
+    from mmbalance.bench.tune_study import BUDGET_KEY, StudyAttrs, join_budget, open_storage
+    storage = open_storage(url)
+    optuna.create_study(storage=storage, study_name="claims")
+    attrs = StudyAttrs(storage, storage.get_study_id_from_name("claims"))
+    lines = []
+    assert join_budget(attrs, budget, lines.append) == budget and lines == []
+    assert join_budget(attrs, budget - 1, lines.append) == budget  # a smaller budget adopts the stored one
+    assert lines == [f"its budget is {budget} trials (this worker was given {budget - 1}); working to {budget}"]
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    paths = [tmp_path / f"claims{i}.json" for i in range(2)]
+    procs = [ctx.Process(target=_claiming_worker, args=(url, barrier, budget, path)) for path in paths]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    (made0, won0), (made1, won1) = (json.loads(path.read_text()) for path in paths)
+    assert made0 + made1 == budget and made0 > 0 and made1 > 0, (made0, made1)
+    assert won0 != won1  # exactly one worker may write the final file
+    assert attrs.get("mmbalance.claimed") == budget and attrs.get(BUDGET_KEY) == budget
+
+
+def test_trial_claims_and_the_final_write_are_atomic_between_processes(tmp_path):
+    claims_race(f"sqlite:///{tmp_path / 'claims.db'}", tmp_path)

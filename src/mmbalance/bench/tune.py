@@ -3,10 +3,13 @@
 Each method declares what to tune next to its code (``Method.search_space(trial)``,
 dotted override keys); the objective is one training run's validation metric. The study
 lives in SQLite by default (``OUT/optuna.db``); any SQLAlchemy URL (PostgreSQL) lets
-processes on several machines work on one study: each ``tune`` process runs ``--trials``
-trials of it (Optuna's ``n_trials`` semantics), the storage numbers them, so none is lost
-or run twice. The best configuration is written as ``OUT/<name>.yaml``, ready for
-``mmbalance train --config``.
+processes on several machines work on one study. The best configuration is written as
+``OUT/<name>.yaml``, ready for ``mmbalance train --config``.
+
+Budget: ``--trials N`` is the number of finished trials the *study* should hold, over
+all its workers (like Optuna's ``MaxTrialsCallback``; not ``n_trials``, which counts one
+process's trials). The study stores it, every worker claims a trial before it runs one,
+and exactly one worker writes the final configuration, once: :mod:`.tune_study` says how.
 
 Pruning: each trial reports its validation metric after every epoch through Optuna's
 Lightning callback (``optuna-integration``), and a median pruner (:func:`default_pruner`)
@@ -18,18 +21,20 @@ only.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import time
+import socket
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
 from ..errors import ConfigError, DataError, NonFiniteLossError
 from .tune_progress import TrialReport, above_bar, stderr_is_terminal
+from .tune_study import (BUDGET_KEY, StudyAttrs, TrialClaims, _optuna, default_storage, file_lock, join_budget,
+                         open_storage, shown_url)  # noqa: F401 (shown_url: part of this module's interface)
 
 FINISHED_STATES = ("COMPLETE", "FAIL", "PRUNED")
 #: the median pruner's settings (see :func:`default_pruner`)
@@ -48,8 +53,11 @@ class TuneResult:
     ran_trials: List[int] = field(default_factory=list)
     config_path: Optional[Path] = None
     states: Dict[str, int] = field(default_factory=dict)  # study-wide: COMPLETE, PRUNED, FAIL, RUNNING
-    running_elsewhere: List[int] = field(default_factory=list)  # trials other workers still ran
-    config_written: bool = True  # False: the file already held this very configuration
+    running_elsewhere: List[int] = field(default_factory=list)  # trials other workers still run (or claimed)
+    config_written: bool = True  # False: the file already held this configuration, or another worker wrote it
+    budget: Optional[int] = None  # the study's trial budget (None: a study tuned before budgets were stored)
+    final: bool = False  # the study's budget is finished: the configuration is final
+    final_by: Optional[str] = None  # the worker that wrote the final file ("host pid N"), this one or another
 
     @property
     def pruned_trials(self) -> int:
@@ -59,83 +67,6 @@ class TuneResult:
         """"4 complete, 1 pruned, 0 failed"."""
         return ", ".join(f"{self.states.get(s, 0)} {w}" for s, w in
                          (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed")))
-
-
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise ConfigError("tuning needs optuna: pip install 'mmbalance[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def default_storage(out: Path) -> str:
-    """The embedded default: a SQLite file in the output directory."""
-    return f"sqlite:///{(out / 'optuna.db').resolve()}"
-
-
-def open_storage(url: str):
-    """An Optuna RDB storage. SQLite gets a long busy timeout (several writer processes);
-    every storage gets heartbeats, so a trial of a killed worker is marked failed.
-
-    Workers that start together race to create the schema (Optuna raises an integrity
-    error in the loser): a file lock serialises that for SQLite files, and a failed
-    attempt is retried for any URL.
-    """
-    optuna = _optuna()
-    kwargs = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {}
-    for attempt in range(5):
-        try:
-            with _schema_lock(url), warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30,
-                                                  grace_period=120)
-        except ImportError as exc:  # the URL's database driver (Optuna re-raises SQLAlchemy's)
-            missing = getattr(exc.__cause__, "name", None) or "its database driver"
-            hint = ("pip install 'mmbalance[postgres]'" if url.startswith("postgresql") and missing == "psycopg2"
-                    else f"pip install {missing}")
-            raise ConfigError(f"--storage {shown_url(url)} needs the database driver {missing}: {hint}") from None
-        except Exception as exc:  # SQLAlchemy raises many types for a bad URL, a race, a dead server
-            error = exc
-            time.sleep(0.2 * (attempt + 1))
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    raise ConfigError(f"--storage {shown_url(url)} cannot be opened: {first}") from None
-
-
-def shown_url(url: str) -> str:
-    """The storage URL with its password hidden, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-        return repr(make_url(url).render_as_string(hide_password=True))
-    except Exception:  # not a URL SQLAlchemy can parse: shown as given
-        return repr(url)
-
-
-@contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:":
-        yield
-        return
-    with _file_lock(Path(f"{path}.lock")):
-        yield
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created), for processes sharing a folder."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def default_pruner():
@@ -187,17 +118,20 @@ def nested(overrides: Mapping[str, Any]) -> Dict[str, Any]:
 
 def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out: str | Path, *,
          storage: Optional[str] = None, name: Optional[str] = None, study_name: Optional[str] = None,
-         metric: Optional[str] = None, sampler_seed: Optional[int] = None, top_up: bool = False,
+         metric: Optional[str] = None, sampler_seed: Optional[int] = None,
          keep_checkpoints: bool = False, pruner: Any = "median", progress_bar: Optional[bool] = None,
          log: Callable[[str], None] = print) -> TuneResult:
-    """Runs ``trials`` Optuna trials of ``method`` and writes the best configuration.
+    """Tunes ``method`` until its study holds ``trials`` finished trials and writes the best
+    configuration (the final one exactly once among the study's workers: see the module's
+    docstring).
 
     Args:
         method: registered method name.
         data_spec: as for ``mmbalance train --data``.
         base: fixed dotted overrides (``--config`` and ``--set``); the search space adds to them.
-        trials: trials this call runs; with ``top_up`` the number of finished trials the
-            study should hold (the rest is run), which makes a killed tuning resumable.
+        trials: the study's budget: the finished trials it should hold, counted over every
+            worker; the larger of this and the stored budget holds. 0: run nothing, write
+            the file from the study as it stands.
         out: directory of ``<name>.yaml``, ``<name>.json``, the trial runs and the default storage.
         storage: SQLAlchemy URL; default SQLite in ``out``.
         name: label of the output files and default study name (default ``method``).
@@ -220,35 +154,48 @@ def tune(method: str, data_spec: str, base: Mapping[str, Any], trials: int, out:
     if pruner == "median":
         pruner = default_pruner()
     callback_class = _pruning_callback_class() if pruner is not None else None
-    study = _open_study(storage or default_storage(out), study_name or name, metric in MINIMISED, sampler_seed,
-                        {"method": method, "data": data_spec, "base": base, "metric": metric},
-                        pruner or optuna.pruners.NopPruner())
-    if top_up:
-        trials = max(0, trials - _finished(study))
+    study, attrs = _open_study(storage or default_storage(out), study_name or name, metric in MINIMISED,
+                               sampler_seed, {"method": method, "data": data_spec, "base": base, "metric": metric},
+                               pruner or optuna.pruners.NopPruner())
+    claims = TrialClaims(study, attrs)
     ran: List[int] = []
     if trials > 0:
-        bar = stderr_is_terminal() if progress_bar is None else progress_bar
-        emit = above_bar(log) if bar else log
-        objective = _objective(cls, data_spec, base, metric, out / "trials" / study.study_name, ran,
-                               keep_checkpoints, callback_class)
-        report = TrialReport(trials, metric, lambda line: emit(f"{name} {line}"), eta=not bar)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,), callbacks=[report],
-                           show_progress_bar=bar)
-    with _file_lock(out / f".{name}.lock"):  # one writer at a time, each from a fresh read of the study
-        return _write_best(study, name, method, data_spec, base, metric, out, ran, atomic_write_text)
+        budget = join_budget(attrs, trials, lambda line: log(f"{name} study {study.study_name!r}: {line}"))
+        if claims.claim():
+            bar = stderr_is_terminal() if progress_bar is None else progress_bar
+            emit = above_bar(log) if bar else log
+            objective = _objective(cls, data_spec, base, metric, out / "trials" / study.study_name, ran,
+                                   keep_checkpoints, callback_class)
+            report = TrialReport(budget, metric, lambda line: emit(f"{name} {line}"), eta=not bar)
+
+            def claim_next(study, trial) -> None:  # after each trial: the next one, or stop
+                if not claims.claim():
+                    study.stop()
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.optimize(objective, n_trials=max(1, budget - len(study.get_trials(deepcopy=False))),
+                                   catch=(NonFiniteLossError,), callbacks=[report, claim_next],
+                                   show_progress_bar=bar)
+            finally:  # a claim this process made but no trial of it used (the loop ended first)
+                claims.release(claims.made - len(ran))
+    with file_lock(out / f".{name}.lock"):  # one writer at a time, each from a fresh read of the study
+        return _write_best(study, name, method, data_spec, base, metric, out, ran, atomic_write_text, claims,
+                           claim_final=trials > 0)
 
 
 def _open_study(url: str, study_name: str, minimise: bool, sampler_seed: Optional[int], identity: Dict[str, Any],
                 pruner=None):
+    """The study (created or joined) and its :class:`StudyAttrs`."""
     optuna = _optuna()
-    study = optuna.create_study(storage=open_storage(url), study_name=study_name, load_if_exists=True,
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                 direction="minimize" if minimise else "maximize", pruner=pruner)
     _check_identity(study, identity)
     # Seeded by the trials already done, so that a resumed study does not replay its proposals.
     study.sampler = optuna.samplers.TPESampler(seed=None if sampler_seed is None else sampler_seed + _finished(study))
-    return study
+    return study, StudyAttrs(storage, storage.get_study_id_from_name(study.study_name))
 
 
 def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_root: Path, ran: List[int],
@@ -260,6 +207,7 @@ def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_roo
     optuna = _optuna()
 
     def objective(trial) -> float:
+        ran.append(trial.number)  # first: the trial exists (it used this worker's claim), whatever follows
         space = cls.search_space(trial)
         trial.set_user_attr("overrides", space)
         cfg = build_config(cls.name, data_spec, {**base, **space}, cls.Hyperparameters)
@@ -269,7 +217,6 @@ def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_roo
         run_dir = trial_root / f"trial_{trial.number:04d}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        ran.append(trial.number)
         pruning = callback_class(trial, monitor=f"val/{metric}") if callback_class else None
         try:
             metrics = _train(cfg, run_dir, keep_checkpoints, [pruning] if pruning else [])
@@ -317,45 +264,63 @@ def _check_identity(study, identity: Dict[str, Any]) -> None:
 
 
 def _write_best(study, name: str, method: str, data_spec: str, base: Dict[str, Any], metric: str, out: Path,
-                ran: List[int], write: Callable) -> TuneResult:
+                ran: List[int], write: Callable, claims: TrialClaims, claim_final: bool = True) -> TuneResult:
     """Writes ``<name>.yaml`` and ``<name>.json`` from the study as it stands now (a file that
-    already holds the same text is left alone). Trials still running in other workers make
-    it provisional, which its header says; since every worker writes after its own last
-    trial, from a fresh read of the storage, the last one to finish writes the final best."""
+    already holds the same text is left alone).
+
+    When all the trials of the study's budget have finished, the configuration is final:
+    with ``claim_final`` only the worker that wins the study's final-write claim writes it
+    (exactly one, since the claim is atomic; the others write nothing), without (``--trials
+    0``) it is written again on request. Before that, the file is provisional, which its
+    header says: trials of other workers are running or claimed, and the worker that
+    finishes the last one writes the final file. A study without a stored budget (tuned
+    before budgets were) is final when no trial runs."""
     optuna = _optuna()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a killed worker's trial is not "running"
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    budget = claims.attrs.get(BUDGET_KEY)  # read now: another worker may have raised it
     running = sorted(t.number for t in trials if t.state.name == "RUNNING")
+    running += claims.pending(len(trials))  # claimed by workers about to ask for them
     try:
         best = study.best_trial
     except ValueError:
         raise DataError(f"study {study.study_name!r} has no completed trial to take a configuration from "
                         f"({states['PRUNED']} pruned, {states['FAIL']} failed, {states['RUNNING']} running)") from None
     finished = sum(states[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
+    final = not running and (budget is None or finished >= budget)
     params = best.user_attrs.get("overrides", best.params)
     path = out / f"{name}.yaml"
+    result = TuneResult(name, float(best.value), dict(params), best.number, finished, ran, path, states, running,
+                        False, budget, final)
+    if final and budget is not None and claim_final:
+        won, claim = claims.claim_final(budget, {"worker": f"{socket.gethostname()} pid {os.getpid()}",
+                                                 "trials": finished, "best_trial": best.number, "file": str(path)})
+        result.final_by = claim.get("worker")
+        if not won:  # another worker writes (or wrote) the final file
+            return result
     header = (f"# mmbalance tune: best of {finished} finished trials ({states['COMPLETE']} complete, "
-              f"{states['PRUNED']} pruned, {states['FAIL']} failed) of study {study.study_name!r}\n"
+              f"{states['PRUNED']} pruned, {states['FAIL']} failed) of study {study.study_name!r}"
+              f"{'' if budget is None else f' (budget {budget})'}\n"
               f"# method {method}, data {data_spec}, val {metric} = {best.value:.6g} (trial {best.number})\n"
               f"# use: mmbalance train --data {data_spec} --method {method} --config {path}\n")
-    if running:
-        header += (f"# provisional: trials {running} were still running in other workers; the last worker "
-                   f"to finish rewrites this file\n")
+    if not final:
+        header += (f"# provisional: {finished} of the study's {budget} trials have finished"
+                   f"{f'; trials {running} run in other workers' if running else ''}; the worker that "
+                   f"finishes the last one writes the final file\n" if budget is not None else
+                   f"# provisional: trials {running} were still running in other workers\n")
     info = {"method": method, "data": data_spec, "study": study.study_name, "metric": metric,
             "direction": study.direction.name.lower(), "best_value": best.value, "best_trial": best.number,
             "params": params, "trials": finished, "complete": states["COMPLETE"], "pruned": states["PRUNED"],
-            "failed": states["FAIL"], "running": running}
-    written = False
+            "failed": states["FAIL"], "running": running, "budget": budget, "final": final}
     for target, text in ((path, header + yaml.safe_dump(nested({**base, **params}), sort_keys=True)),
                          (out / f"{name}.json", json.dumps(info, indent=2, default=str))):
         if not target.exists() or target.read_text() != text:
             write(target, text)
-            written = True
-    return TuneResult(name, float(best.value), dict(params), best.number, finished, ran, path, states, running,
-                      written)
+            result.config_written = True
+    return result
 
 
 @dataclass(frozen=True)
@@ -373,7 +338,7 @@ class TuneTask:
 
 def _run_task(task: TuneTask) -> TuneResult:
     return tune(task.method, task.data_spec, dict(task.base), task.trials, task.out, name=task.name,
-                sampler_seed=task.sampler_seed, top_up=True, progress_bar=False,  # workers share the terminal
+                sampler_seed=task.sampler_seed, progress_bar=False,  # workers share the terminal
                 log=lambda line: print(line, flush=True))
 
 

@@ -3,6 +3,7 @@ when no progress bar is drawn (a log file, CI), or above Optuna's progress bar o
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Callable
@@ -35,8 +36,10 @@ def _duration(seconds: float) -> str:
 
 class TrialReport:
     """Optuna study callback: one line per trial this process finished, with its outcome
-    and parameters and, with ``eta``, ``[k/N, elapsed, ETA]`` (the mean trial time so far
-    times the trials left)."""
+    and parameters and, with ``eta``, ``[k/N, elapsed, ETA]``: ``k`` of the study's ``N``
+    trials (its budget, counted over every worker) have finished; the ETA is the mean time
+    of this process's trials so far times the trials left, shared among this worker and the
+    others that are running a trial now."""
 
     def __init__(self, total: int, metric: str, log: Callable[[str], None], eta: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -57,7 +60,10 @@ class TrialReport:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         line = f"trial {trial.number}: {outcome}  {params}"
         if self.eta:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state.is_finished() for t in trials)
+            workers = 1 + sum(t.state.name == "RUNNING" for t in trials)  # this one's trial has finished
             elapsed = self.clock() - self.start
-            left = elapsed / self.done * (self.total - self.done)
-            line += f"  [{self.done}/{self.total}, {_duration(elapsed)} elapsed, ETA {_duration(left)}]"
+            left = elapsed / self.done * math.ceil(max(self.total - finished, 0) / workers)
+            line += f"  [{finished}/{self.total}, {_duration(elapsed)} elapsed, ETA {_duration(left)}]"
         self.log(line)
