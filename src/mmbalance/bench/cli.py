@@ -57,7 +57,8 @@ def register(sub) -> None:
     t = sub.add_parser("tune", help="Optuna search over a method's declared search space")
     t.add_argument("--data", required=True, help="synthetic, a dataset name, or a .npz/.h5 file")
     t.add_argument("--method", required=True)
-    t.add_argument("--trials", type=int, required=True, help="trials this process runs")
+    t.add_argument("--trials", type=int, required=True, help="the study's trial budget: finished trials over all workers sharing it (a rerun "
+                   "tops the study up to it)")
     t.add_argument("--out", required=True, help="directory of <name>.yaml, trial runs and the default storage")
     t.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///OUT/optuna.db)")
     t.add_argument("--study-name", help="default: --name")
@@ -221,10 +222,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best: val {result.best_value:.4f} (trial {result.best_trial}) {result.best_params}")
     if result.running_elsewhere:
         print(f"{'wrote' if result.config_written else 'kept'} {result.config_path} (provisional: trials "
-              f"{result.running_elsewhere} still run in other workers; the last to finish rewrites it)")
+              f"{result.running_elsewhere} still run in other workers; the worker that finishes the study's last trial writes the final file)")
     else:
         print(f"wrote {result.config_path}" if result.config_written
-              else f"{result.config_path} already holds this configuration")
+              else f"{result.config_path} already holds this configuration (written by {result.final_by})"
+              if result.final_by else f"{result.config_path} already holds this configuration")
     return 0
 
 
