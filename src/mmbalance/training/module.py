@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import Dict, Optional
 
 import lightning as L
@@ -69,29 +70,56 @@ class BalanceModule(L.LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict) -> None:
         """Adds what an exact resume needs beyond weights/optimizer/schedule: RNG streams
-        (permutations, dropout, data order) and the non-finite step count."""
+        (permutations, dropout, data order) and the non-finite step count.
+
+        Under DDP every rank calls this (Lightning's ``save_checkpoint`` runs on all ranks and
+        only rank 0 writes): each rank's RNG streams are gathered into ``rank_rng`` (one entry
+        per rank), so that a resume gives every rank its own streams back, not rank 0's. The
+        top-level streams are rank 0's (and a single process's)."""
+        streams = self._rng_streams()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        ranks = None
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * world
+            torch.distributed.all_gather_object(ranks, streams)
         checkpoint["mmbalance"] = {
-            "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(), "python_rng": random.getstate(),
-            "loader_rng": self.loader_generator.get_state() if self.loader_generator is not None else None,
+            **streams, "rank_rng": ranks, "world": world,
             "nonfinite_steps": self.nonfinite_steps,
             # mid-epoch (a step checkpoint): where the epoch's data order came from, and how far in
+            # (in batches of this rank: under DDP every rank has done as many)
             "epoch_batches": self._epoch_batches if self._in_epoch else 0,
             "sampler_rng": getattr(self.train_sampler, "epoch_state", None) if self._in_epoch else None,
         }
+
+    def _rng_streams(self) -> Dict:
+        """This process's RNG streams, as tensors, ints and tuples (weights-only loadable)."""
+        return {"torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(), "python_rng": random.getstate(),
+                "loader_rng": self.loader_generator.get_state() if self.loader_generator is not None else None}
 
     def on_load_checkpoint(self, checkpoint: Dict) -> None:
         state = checkpoint.get("mmbalance")
         if not state:
             return
-        torch.set_rng_state(state["torch_rng"])
-        kind, keys, pos, has_gauss, gauss = state["numpy_rng"]
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        world = self.trainer.world_size if self._trainer is not None else 1
+        ranks = state.get("rank_rng") or []
+        streams = ranks[rank] if rank < len(ranks) else state  # this rank's own, else rank 0's
+        torch.set_rng_state(streams["torch_rng"])
+        kind, keys, pos, has_gauss, gauss = streams["numpy_rng"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        random.setstate(state["python_rng"])
-        if state["loader_rng"] is not None and self.loader_generator is not None:
-            self.loader_generator.set_state(state["loader_rng"])
+        random.setstate(streams["python_rng"])
+        if streams["loader_rng"] is not None and self.loader_generator is not None:
+            self.loader_generator.set_state(streams["loader_rng"])
         self.nonfinite_steps = state["nonfinite_steps"]
         done = state.get("epoch_batches", 0)
         if done and state.get("sampler_rng") is not None and self.train_sampler is not None:
+            saved_world = state.get("world", 1)
+            if saved_world != world and rank == 0:
+                warnings.warn(f"resuming mid-epoch on {world} device(s) from a checkpoint written on {saved_world}: "
+                              f"the rest of epoch {checkpoint.get('epoch', '?')} skips the first {done} batches "
+                              "of this device's share of the epoch's order, so its rows are not exactly those an "
+                              f"uninterrupted run would have read; resume on {saved_world} device(s) to continue "
+                              "exactly", stacklevel=2)
             self.train_sampler.resume_at(state["sampler_rng"], done * self.cfg.data.batch_size)
             self._epoch_batches, self._resumed_mid_epoch = done, True
 
