@@ -13,6 +13,7 @@ from .encoders import MLPEncoder
 from .pretrained import pretrained
 from .resnet import resnet18_audio, resnet18_video
 from .sequence import cnn2d, transformer_seq
+from .swin import swin3d
 
 
 def _mlp(shape: Tuple[int, ...], cfg: Any) -> nn.Module:
@@ -22,7 +23,8 @@ def _mlp(shape: Tuple[int, ...], cfg: Any) -> nn.Module:
 #: name -> factory(sample_shape, ModelConfig) returning a module with ``out_dim``.
 ENCODERS: Dict[str, Callable[[Tuple[int, ...], Any], nn.Module]] = {
     "mlp": _mlp, "resnet18_audio": resnet18_audio, "resnet18_video": resnet18_video,
-    "transformer_seq": transformer_seq, "cnn2d": cnn2d, "pretrained": pretrained}
+    "transformer_seq": transformer_seq, "cnn2d": cnn2d, "pretrained": pretrained,
+    "swin3d": swin3d}
 
 
 def default_encoder(shape: Tuple[int, ...]) -> str:
