@@ -327,12 +327,16 @@ def plot(rows: Sequence[Mapping[str, str]], datasets: Sequence[str], metric: str
             if j == 0:
                 ax.set_ylabel(f"{d}\n{which} accuracy (%)")
             ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen = {}
+    for h, label in zip(handles, labels):  # one entry each; the joint/tuned means are those of row 1
+        seen.setdefault(label.split(" (")[0], h)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=len(seen), fontsize=8, frameon=False)
     seeds = sorted({int(r["seed"]) for r in rows})
     fig.suptitle(f"MCR sensitivity: {which} accuracy, one hyperparameter at a time around the generic defaults "
-                 f"(seeds {', '.join(map(str, seeds))}); descriptive, nothing chosen from it", fontsize=10)
-    fig.tight_layout()
+                 f"(seeds {', '.join(map(str, seeds))}); descriptive, nothing chosen from it; y axis zoomed per data set",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
