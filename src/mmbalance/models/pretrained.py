@@ -51,20 +51,26 @@ class PretrainedEncoder(nn.Module):
         self.video_model = hasattr(self.backbone.config, "num_frames")
         self.out_dim = int(self.backbone.config.hidden_size)
 
-    def _encode(self, x: Tensor) -> Tensor:
+    def _tokens(self, x: Tensor) -> Tensor:
         hidden = self.backbone(**{self.input_name: x}).last_hidden_state
-        return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.flatten(2).mean(-1)
+        return hidden if hidden.dim() == 3 else hidden.flatten(2).transpose(1, 2)  # (B, C, H, W) maps
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, L), (B, C, H, W) or (B, C, T, H, W) -> (B, hidden)."""
+    def sequence(self, x: Tensor) -> Tensor:
+        """The backbone's output before averaging, (B, S, hidden): audio frames, image or clip
+        tokens (a convolutional map's positions), or one averaged token per frame of a clip
+        that goes frame by frame through an image model. What a Conformer on top reads."""
         if self.input_name == "input_values":
-            return self._encode(x.reshape(x.shape[0], -1))
+            return self._tokens(x.reshape(x.shape[0], -1))
         if x.dim() == 5 and self.video_model:
-            return self._encode(x.transpose(1, 2))
+            return self._tokens(x.transpose(1, 2))
         if x.dim() == 5:
             b, c, t, h, w = x.shape
-            return self._encode(x.transpose(1, 2).reshape(b * t, c, h, w)).reshape(b, t, -1).mean(1)
-        return self._encode(x)
+            return self._tokens(x.transpose(1, 2).reshape(b * t, c, h, w)).mean(1).reshape(b, t, -1)
+        return self._tokens(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L), (B, C, H, W) or (B, C, T, H, W) -> (B, hidden), the mean of :meth:`sequence`."""
+        return self.sequence(x).mean(1)
 
 
 def pretrained_dir(spec: Optional[str], modality: Optional[str]) -> str:
