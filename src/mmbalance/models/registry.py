@@ -9,6 +9,7 @@ import math
 from torch import nn
 
 from ..errors import ConfigError
+from .conformer import conformer, pretrained_conformer
 from .encoders import MLPEncoder
 from .pretrained import pretrained
 from .resnet import resnet18_audio, resnet18_video
@@ -25,6 +26,7 @@ ENCODERS: Dict[str, Callable[[Tuple[int, ...], Any], nn.Module]] = {
     "mlp": _mlp, "resnet18_audio": resnet18_audio, "resnet18_video": resnet18_video,
     "transformer_seq": transformer_seq, "cnn2d": cnn2d, "pretrained": pretrained,
     "swin3d": swin3d}
+ENCODERS.update(conformer=conformer, pretrained_conformer=pretrained_conformer)  # models/conformer.py
 
 
 def default_encoder(shape: Tuple[int, ...]) -> str:
