@@ -34,25 +34,30 @@ def _table():
 
 
 ROWS = _table()
-PATHS = sorted(p for d in DATASETS for p in (CONFIGS / d).glob("*.yaml"))
+PATHS = sorted(p for d in DATASETS for pattern in ("*.yaml", "*/*.yaml") for p in (CONFIGS / d).glob(pattern))
+
+
+def _folder(p):
+    """The table's dataset column: the folder under configs/ (``sthsth/swin`` for a backbone's subfolder)."""
+    return p.parent.relative_to(CONFIGS).as_posix()
 
 
 def _id(p):
-    return f"{p.parent.name}/{p.stem}"
+    return f"{_folder(p)}/{p.stem}"
 
 
 def test_the_table_covers_every_config():
-    assert set(ROWS) == {(p.parent.name, p.stem) for p in PATHS}
+    assert set(ROWS) == {(_folder(p), p.stem) for p in PATHS}
 
 
 @pytest.mark.parametrize("path", PATHS, ids=_id)
 def test_values_match_the_table(path):
-    want = {k: v for k, (v, _) in ROWS[(path.parent.name, path.stem)].items()}
+    want = {k: v for k, (v, _) in ROWS[(_folder(path), path.stem)].items()}
     got = load_yaml(path)
     assert got == want
     method = path.stem
     buildable = {k: v for k, v in got.items() if not (k in PENDING and k.split(".", 1)[1] not in _fields(method))}
-    cfg = build_config(method, path.parent.name, buildable, REGISTRY[method].Hyperparameters)
+    cfg = build_config(method, _folder(path).split("/")[0], buildable, REGISTRY[method].Hyperparameters)
     typed = cfg.to_dict()
     for key, value in buildable.items():
         section, name = key.split(".", 1)
@@ -66,7 +71,7 @@ def _fields(method):
 
 @pytest.mark.parametrize("path", PATHS, ids=_id)
 def test_every_key_carries_its_source(path):
-    table = ROWS[(path.parent.name, path.stem)]
+    table = ROWS[(_folder(path), path.stem)]
     section = None
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
@@ -102,6 +107,8 @@ def test_a_changed_value_fails(tmp_path):
     ("mosei", "agm", "method.alpha", 0.5), ("mosei", "mlb", "method.alpha", 2.5),
     ("mosi", "agm", "method.alpha", 1.5), ("mosi", "mlb", "method.alpha", 1.5),
     ("sthsth", "mlb", "method.alpha", 2.0), ("sthsth", "mlb", "method.beta", 0.5), ("sthsth", "mcr", "optim.lr", 1e-5),
+    ("sthsth/swin", "mcr", "optim.lr", 1e-5), ("sthsth/swin", "mcr", "method.num_permutations", 16),
+    ("sthsth/swin", "mcr", "method.ceb_weight", 1.0), ("sthsth/swin", "joint", "model.encoder", "swin3d"),
     ("mosi", "joint", "model.regression_loss", "l1"), ("mosei", "mcr", "model.regression_loss", "l1"),
     ("cremad", "ogm", "method.end_epoch", None), ("cremad", "agm", "method.end_epoch", None),
     ("cremad", "pmr", "method.momentum", 0.0), ("cremad", "pmr", "method.alpha", 2.0),
