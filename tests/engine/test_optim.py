@@ -70,6 +70,9 @@ def test_foreach_is_the_for_loop_update_bit_for_bit_and_the_textbook_one(name):
     foreach, opt = _run(OptimConfig(**cfg))  # the default
     assert all(group["foreach"] is True for group in opt.param_groups)
     loop, _ = _run(OptimConfig(**cfg, implementation="for_loop"))
+    # bit for bit is legitimate here: on the CPU torch's _foreach_* ops loop over the same
+    # per-tensor kernels the for_loop update calls, on the same tensors (fused is another
+    # kernel: a tolerance below)
     for a, b in zip(foreach, loop):
         assert torch.equal(a, b)
     for a, b in zip(foreach, _reference(name, 0.01, 0.05, 0.9, 1e-8)):
@@ -97,7 +100,9 @@ def test_unknown_implementation_and_fused_sgd_are_refused_by_name():
 
 
 def test_a_run_keeps_the_same_weights_and_metrics_with_foreach_as_with_for_loop(tmp_path):
-    # ogm_ge rescales the encoders' gradients between backward and step; mcr adds groups
+    # ogm_ge rescales the encoders' gradients between backward and step; mcr adds groups.
+    # Exact: both runs train in this process with the same shapes and threads, and on the
+    # CPU the foreach update is the for_loop one's per-tensor kernels (see above)
     runs = {}
     for impl in ("foreach", "for_loop"):
         for method in ("ogm_ge", "mcr"):

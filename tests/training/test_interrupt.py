@@ -30,9 +30,26 @@ def _cmd(method, out, *extra):
             "--set", *ARGS, "--out", str(out), *extra]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread here and in every training subprocess (``_env``). These tests
+    compare a run trained partly in another process with one trained in this process, bit
+    for bit, so both must run the same kernels: the same ATEN_CPU_CAPABILITY (inherited)
+    and the same thread count, which can change how a float sum is split. Without this a
+    child takes OMP_NUM_THREADS or one thread per core (capped at the core count), while
+    this process may have been set to another count by a test before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env():
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((Path(cmd[-1] if cmd[-1] != "--resume" else cmd[-2]) / "metrics.json").read_text())
 
@@ -47,8 +64,7 @@ def test_sigkill_then_resume_is_identical(tmp_path, method):
     cfg = build_config(method, "synthetic", parse_set_items(ARGS), REGISTRY[method].Hyperparameters)
     reference = train(cfg, tmp_path / "ref")  # in-process: same code, same seed, same numbers
     out = tmp_path / "cut"
-    proc = subprocess.Popen(_cmd(method, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(_cmd(method, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     marker = out / CASES[method]
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -113,8 +129,7 @@ def test_sigkill_after_the_best_epoch_keeps_the_last_epoch(tmp_path):
     out = tmp_path / "cut"
     cmd = [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", "--method", "joint",
            "--set", *args, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     last, seen, deadline = out / "checkpoints" / "last.ckpt", None, time.time() + 240
     while proc.poll() is None and time.time() < deadline:
         if last.exists():
