@@ -111,6 +111,26 @@ def write_cremad(root: Path, train_per_class: int = 2, test_per_class: int = 1, 
     return rows
 
 
+def write_cremad_faces(root: Path, rows: Dict[str, list], dim: int = 16, frames: Sequence[int] = (3, 7),
+                       signal: bool = False, missing: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """CREMA-D per-frame face features as the authors' extractor saves them:
+    ``Face_features/<clip>.npy``, ``np.save`` of a float32 (F, ``dim``) array, F cycling through
+    ``frames[0]..frames[1]`` over the clips (so padding varies within a batch). ``rows`` is what
+    :func:`write_cremad` returned; clips in ``missing`` get no file (no face detected).
+    ``signal`` adds 2 x label to every value. Returns clip -> the array written."""
+    rng = np.random.default_rng(0)
+    low, high = frames
+    written: Dict[str, np.ndarray] = {}
+    (root / "Face_features").mkdir(parents=True, exist_ok=True)
+    for i, (clip, cls) in enumerate(c for split in rows.values() for c in split):
+        if clip in missing:
+            continue
+        values = rng.normal(size=(low + i % (high - low + 1), dim)) + (2.0 * CREMAD_CLASSES.index(cls) if signal else 0)
+        written[clip] = values.astype(np.float32)
+        np.save(root / "Face_features" / f"{clip}.npy", written[clip])
+    return written
+
+
 def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40, signal: bool = False) -> Dict[str, list]:
     """AVE: the three split files, ``Audio-1004-SE/<id>.pkl`` (257 x ``width``) and
     ``Image-01-FPS-SE/<id>/``. Returns split -> [(video id, class name)]."""
