@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mmbalance.config import ModelConfig
+from mmbalance.errors import ConfigError
 from mmbalance.models import build_encoder
 from mmbalance.models.conformer import ConformerBlock, ConformerEncoder, MaskedBatchNorm1d
 
@@ -212,3 +213,5 @@ def test_registry_factories_and_a_backbone_then_conformer(tmp_path):
     enc.train()
     enc(wave).sum().backward()
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match=r"takes waveforms but the data gives samples of shape \(257, 188\)"):
+        build_encoder("pretrained_conformer", (257, 188), cfg, modality="audio")  # a spectrogram

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .pretrained import PretrainedEncoder, pretrained_dir
 
 
@@ -299,6 +300,10 @@ def pretrained_conformer(shape: Tuple[int, ...], cfg: Any, modality: Optional[st
     ``pretrained`` encoder loads it), its hidden-state sequence fed to a Conformer sized as
     :func:`conformer` sizes it."""
     backbone = PretrainedEncoder(pretrained_dir(getattr(cfg, "pretrained", None), modality))
+    if backbone.input_name == "input_values" and len(shape) != 1:
+        raise ConfigError(f"encoder pretrained_conformer for {modality!r}: the backbone takes waveforms but the data "
+                          f"gives samples of shape {tuple(shape)}; ask the loader for waveforms "
+                          "(data.audio_input=waveform, where the dataset reads them)")
     return BackboneConformer(backbone, _conformer_for(backbone.out_dim, cfg))
 
 
