@@ -61,12 +61,14 @@ def window_reverse(windows: Tensor, w: Triple, b: int, d: int, h: int, wd: int) 
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, wd, -1)
 
 
+@functools.lru_cache(maxsize=64)
 def relative_position_index(window: Triple, table_window: Optional[Triple] = None) -> Tensor:
     """(N, N) rows of the bias table for every token pair of a ``window`` (N = its volume).
 
     Row of offset (dd, dh, dw) = coordinates of i minus those of j:
     ``(dd + Wd-1)(2Wh-1)(2Ww-1) + (dh + Wh-1)(2Ww-1) + (dw + Ww-1)`` with the table's window
-    (W = ``table_window``, default ``window``): the official layout of the table.
+    (W = ``table_window``, default ``window``): the official layout of the table. Cached: callers
+    must not modify the result in place.
     """
     tw = table_window or window
     grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in window), indexing="ij")).flatten(1)
@@ -107,7 +109,8 @@ class WindowAttention3D(nn.Module):
         rows = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, heads))
         # derived from the window, so not saved: a checkpoint's copy is checked, never used
-        self.register_buffer("relative_position_index", relative_position_index(self.window), persistent=False)
+        self.register_buffer("relative_position_index", relative_position_index(self.window).clone(),
+                             persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
