@@ -85,12 +85,22 @@ class SthSthFrames(Dataset):
             self._handles[modality] = _open_h5(self.files[modality])
         return self._handles[modality]
 
+    def _stored(self, modality: str, video: str):
+        """The video's frames in ``modality``'s file: one encoded image per element (bytes,
+        fixed-length ``S`` strings or variable-length uint8 arrays)."""
+        stored = self._handle(modality)[video]
+        if stored.ndim != 1 or len(stored) == 0:
+            what = "no frames" if stored.ndim == 1 else f"an array of shape {tuple(stored.shape)} (decoded pixels?)"
+            raise DataError(f"{self.files[modality]}: video {video!r} holds {what}; expected one encoded image "
+                            "(JPEG bytes) per frame")
+        return stored
+
     def __getitem__(self, i: int):
         video, label = self.items[i]
-        frames = {m: self._handle(m)[video] for m in self.files}
+        frames = {m: self._stored(m, video) for m in self.files}
+        # flow has one frame fewer than RGB (one per pair): indices come from the shorter, as the
+        # authors sample them on the flow file and reuse them for the video
         length = min(len(f) for f in frames.values())
-        if length == 0:
-            raise DataError(f"{self.files[next(iter(self.files))]}: video {video!r} has no frames")
         indices = segment_indices(length, self.num_frames, self.transform.train)
         rng = torch.get_rng_state()
         out = {}

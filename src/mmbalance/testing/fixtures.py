@@ -257,6 +257,36 @@ def _h5_frames(handle, video: str, count: int, value: int | None = None, noise=N
         data[k] = np.frombuffer(jpeg_bytes(frame_value(k) if value is None else value, noise=noise), dtype=np.uint8)
 
 
+def flow_colour(k: int) -> tuple:
+    """(R, G, B) of flow image k (the flow between frames k and k+1) in :func:`write_sthsth_flow`:
+    horizontal flow in red, vertical in green, blue 0."""
+    return (40 + 30 * k, 200 - 30 * k, 0)
+
+
+def write_sthsth_flow(root: Path, train: int = 6, val: int = 2, frames: int = 6, size=(24, 32),
+                      signal: bool = False) -> Dict[str, list]:
+    """Something-Something v2 with ``flow_dataset.hdf5`` as Radevski et al. pack it (the file the
+    MCR authors read): one dataset per video id whose n-th element is the JPEG of the n-th flow
+    image, ``frames - 1`` per video (one per frame pair), stored as fixed-length byte strings
+    (numpy ``S`` dtype, what ``np.asarray`` makes of a file's bytes); each image uniform
+    :func:`flow_colour`. RGB frames and annotations as :func:`write_sthsth` (``signal`` there).
+    Returns split -> [(video id, label)]."""
+    import h5py
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = write_sthsth(root, train=train, val=val, frames=frames, signal=signal)
+    images = []
+    for k in range(frames - 1):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((*size, 3), flow_colour(k), dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+        images.append(buffer.getvalue())
+    with h5py.File(root / "flow_dataset.hdf5", "w") as flow:
+        for video, _ in rows["train"] + rows["test"]:
+            flow.create_dataset(video, data=np.array(images, dtype=np.bytes_))
+    return rows
+
+
 def write_sthsth_features(root: Path, train: int = 8, val: int = 4, dims=(6, 5)) -> None:
     """Pre-extracted features: ``train_features.pt`` / ``val_features.pt``."""
     import torch
