@@ -15,7 +15,8 @@ import torch
 from mmbalance.cli import main
 from mmbalance.config import DataConfig
 from mmbalance.data import DATASETS
-from mmbalance.data.vision import IMAGENET_MEAN, IMAGENET_STD
+from mmbalance.data.sthsth import SthSthTransform
+from mmbalance.data.vision import IMAGENET_MEAN, IMAGENET_STD, center_crop, normalize
 from mmbalance.errors import DataError
 from mmbalance.testing.fixtures import flow_colour, write_sthsth_flow
 
@@ -49,6 +50,32 @@ def test_flow_is_read_beside_the_rgb_frames(root):
         want = (torch.tensor(flow_colour(k)) / 255.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
         assert torch.allclose(x["flow"][:, t].mean(dim=(1, 2)), want, atol=COLOUR_TOL), (t, k)
     assert_frames(x["video"], [0, 1, 2, 3])
+
+
+def test_training_crops_keep_direction_and_scale():
+    # a horizontal ramp, dark on the left: every training crop keeps it dark on the left (no
+    # flip: "left to right" and "right to left" are different actions), and spans 1/1.43 to
+    # 1/1.15 of the short side (the authors' scale jitter), so its ramp step per pixel is the
+    # frame's step scaled by short/S in that range
+    frame = torch.linspace(0, 1, 40).expand(3, 30, 40).contiguous()
+    transform = SthSthTransform(16, train=True)
+    steps = []
+    for seed in range(30):
+        torch.manual_seed(seed)
+        clip = transform([frame, frame], 3)
+        assert clip.shape == (3, 3, 16, 16) and torch.equal(clip[:, 0], clip[:, 1]) and not clip[:, 2].any()
+        row = clip[0, 0].mean(0) * IMAGENET_STD[0]  # back to [0, 1] units (the mean cancels in differences)
+        steps.append(float(row[-1] - row[0]) / 15)
+        assert steps[-1] > 0
+    # resized to width W, a step of 1/39 per source column becomes 40 / (39 W) per pixel, and
+    # the short side is 30 W / 40: scale = (30 W / 40) / 16
+    # (sides are whole pixels, so the short side is int(16 * U(1.15, 1.43)) = 18..22 px, scales
+    # 1.125..1.375; the ramp measured across a crop strays ~0.01 from that near the image border,
+    # where the antialiased resize clamps)
+    scales = [30 / (39 * s) / 16 for s in steps]
+    assert 1.125 - 0.02 < min(scales) and max(scales) < 1.375 + 0.02 and max(scales) - min(scales) > 0.15
+    evaluation = SthSthTransform(16, train=False)([frame], 1)
+    assert torch.equal(evaluation[:, 0], normalize(center_crop(frame, 16)))
 
 
 def test_a_missing_flow_file_or_video(root):

@@ -11,7 +11,10 @@ Layout under ``data.root``::
 
 Frames: 16 per clip (``data.num_frames``), one from each of 16 equal segments of the video
 (a random one per segment in training, the middle one in evaluation), the same indices and
-the same crop/flip for video and flow; ImageNet normalization. The official validation set
+the same crop for video and flow (:class:`SthSthTransform`: scale jitter and a random crop, no
+flip); ImageNet normalization. Flow has one image per frame pair (one fewer than RGB), stored
+as RGB JPEGs; each video entry is a 1-D dataset of encoded images (variable-length uint8 or
+fixed-length byte strings). The official validation set
 is the test split (the labels of the official test set are not public); the validation
 split is a seeded, class-stratified ``data.val_fraction`` of the training videos. A video
 listed in the annotations but absent from an HDF5 file is an error naming both.
@@ -37,7 +40,7 @@ from ..errors import ConfigError, DataError
 from .arrays import from_arrays
 from .bundle import DataBundle
 from .clips import carve_validation, require_root
-from .vision import FrameTransform, decode_image
+from .vision import FrameTransform, center_crop, decode_image, normalize
 
 FILES = {"video": "dataset.hdf5", "flow": "flow_dataset.hdf5"}
 ANNOTATIONS = {"train": "something-something-v2-train.json", "test": "something-something-v2-validation.json"}
@@ -59,6 +62,35 @@ def segment_indices(length: int, num_frames: int, train: bool) -> List[int]:
         start, end = int(round(seg * i)), int(round(seg * (i + 1)))
         out.append(int(torch.randint(start, end + 1, (1,))) if train else (start + end) // 2)
     return out
+
+
+class SthSthTransform(FrameTransform):
+    """The authors' Something-Something frame pipeline (Radevski et al.'s ``VideoResize`` and
+    ``VideoRandomCrop``, for video and flow alike): training resizes the short side to
+    ``S * U(1.15, 1.43)`` and crops a random S x S box, the same for every frame of the clip;
+    evaluation resizes the short side to S and takes the centre. No horizontal flip: several
+    actions name a direction ("Pushing something from left to right" and its mirror are two
+    classes). ImageNet mean/std. The authors' colour jitter of RGB frames is not applied.
+    """
+
+    def __call__(self, frames: List[torch.Tensor], num_frames: int) -> torch.Tensor:
+        """k <= num_frames tensors (3, H, W) in [0, 1] -> (3, num_frames, S, S); missing frames stay 0."""
+        S, out = self.size, torch.zeros(3, num_frames, self.size, self.size)
+        if self.train and frames:
+            short = int(S * float(torch.empty(1).uniform_(1.15, 1.43)))  # torch RNG: replayed per modality
+            offsets = torch.rand(2)
+        for t, frame in enumerate(frames[:num_frames]):
+            if self.train:
+                h, w = frame.shape[-2:]
+                size = (short, max(short, int(short * w / h))) if h <= w else (max(short, int(short * h / w)), short)
+                frame = torch.nn.functional.interpolate(frame[None], size=size, mode="bilinear", align_corners=False,
+                                                        antialias=True)[0]
+                top, left = (int(o * (n - S + 1)) for o, n in zip(offsets.tolist(), size))
+                frame = frame[:, top:top + S, left:left + S]
+            else:
+                frame = center_crop(frame, S)
+            out[:, t] = normalize(frame)
+        return out
 
 
 class SthSthFrames(Dataset):
@@ -124,7 +156,7 @@ def load_sthsth(cfg: Any) -> DataBundle:
     tr, va = carve_validation([label for _, label in train], cfg.val_fraction, cfg.seed)
     items = {"train": [train[i] for i in tr], "val": [train[i] for i in va], "test": test}
     T, S = cfg.num_frames or 16, cfg.image_size
-    sets = {s: SthSthFrames(files, it, T, FrameTransform(S, train=s == "train")) for s, it in items.items()}
+    sets = {s: SthSthFrames(files, it, T, SthSthTransform(S, train=s == "train")) for s, it in items.items()}
     return DataBundle(sets["train"], sets["val"], sets["test"], {m: (3, T, S, S) for m in modalities},
                       len(labels), "classification", encoders={m: "resnet18_video" for m in modalities})
 
