@@ -24,6 +24,7 @@ and the attention mask is built from per-axis region labels in one vectorised pa
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -305,8 +306,10 @@ def _read_state(path: str) -> Dict[str, Tensor]:
         raise DataError(f"Swin checkpoint {path} does not exist (expected the official Video Swin file, e.g. "
                         "swin_tiny_patch244_window877_kinetics400_1k.pth)") from None
     except Exception as exc:  # torch.load raises many types; a refused global is one of them
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"Swin checkpoint {path} is not a readable weights-only torch file ({first})") from None
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        why = f"it asks for {refused.group(1)}; refused without running it" if refused else (
+            str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"Swin checkpoint {path} is not a readable weights-only torch file ({why})") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise DataError(f"Swin checkpoint {path}: expected {{'state_dict': {{name: tensor}}}} (the official layout) "
