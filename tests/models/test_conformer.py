@@ -4,8 +4,10 @@ flow, and the registry factories (a tiny randomly initialized backbone; nothing 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,8 @@ from mmbalance.config import ModelConfig
 from mmbalance.errors import ConfigError
 from mmbalance.models import build_encoder
 from mmbalance.models.conformer import ConformerBlock, ConformerEncoder, MaskedBatchNorm1d
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(autouse=True)
@@ -189,19 +193,28 @@ def test_gradient_reaches_every_parameter():
     assert x.grad[1, 4:].abs().sum() == 0 and x.grad[1, :4].abs().sum() > 0  # padding is never read
 
 
-def test_registry_factories_and_a_backbone_then_conformer(tmp_path):
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    """A tiny randomly initialized wav2vec2 (audio) and ViViT (2-frame clips), saved locally."""
+    transformers = pytest.importorskip("transformers")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    small = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
+        **small, conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2, vocab_size=4)).save_pretrained(root / "w2v")
+    transformers.VivitModel(transformers.VivitConfig(**small, image_size=16, num_frames=2,
+                                                      tubelet_size=[2, 8, 8])).save_pretrained(root / "vivit")
+    return {"audio": root / "w2v", "video": root / "vivit"}
+
+
+def test_registry_factories_and_a_backbone_then_conformer(backbones):
     cfg = ModelConfig(feature_dim=16, hidden=6, layers=1, dropout=0.1)
     enc = build_encoder("conformer", (20, 12), cfg)
     assert isinstance(enc, ConformerEncoder) and enc.out_dim == 16 and len(enc.blocks) == 1
     assert enc.proj[0].in_features == 12 and enc.proj[0].out_features == 6
-    transformers = pytest.importorskip("transformers")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
-        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, conv_dim=(8, 8),
-        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
-        vocab_size=4)).save_pretrained(tmp_path / "w2v")
-    cfg.pretrained = f"audio={tmp_path / 'w2v'}"
+    cfg.pretrained = f"audio={backbones['audio']}"
     enc = build_encoder("pretrained_conformer", (4000,), cfg, modality="audio")
     assert enc.out_dim == 16 and enc.conformer.proj[0].in_features == 8  # the backbone's width
     wave = torch.randn(3, 4000)
@@ -215,3 +228,52 @@ def test_registry_factories_and_a_backbone_then_conformer(tmp_path):
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match=r"takes waveforms but the data gives samples of shape \(257, 188\)"):
         build_encoder("pretrained_conformer", (257, 188), cfg, modality="audio")  # a spectrogram
+
+
+# ------------------------------------------------ the paper's Conformer models, end to end
+#: the checked-in configs at toy widths: 8-wide, one block, 4-clip batches, one epoch
+TINY = ["model.feature_dim=8", "model.hidden=4", "model.layers=1", "data.batch_size=4", "trainer.max_epochs=1",
+        "trainer.progress=false", "trainer.patience=0", "method.num_permutations=4"]
+
+
+def _train(dataset, root, out, *extra):
+    from mmbalance.cli import main
+
+    config = CONFIGS / dataset / "conformer" / "mcr.yaml"
+    rc = main(["train", "--data", dataset, "--method", "mcr", "--config", str(config), "--set",
+               f"data.root={root}", *TINY, *extra, "--out", str(out)])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and 0 <= metrics["test"]["accuracy"] <= 1
+    return metrics, torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def test_cremad_conformer_config_trains_on_fixtures(tmp_path, backbones, monkeypatch):
+    """wav2vec2 -> Conformer on waveforms, face features -> Conformer, as configs/cremad/conformer/mcr.yaml."""
+    from mmbalance.testing.fixtures import write_cremad, write_cremad_faces
+
+    monkeypatch.setenv("MMBALANCE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "cremad"
+    write_cremad_faces(root, write_cremad(root, frames=1), dim=12)
+    metrics, ckpt = _train("cremad", root, tmp_path / "run", f"model.pretrained=audio={backbones['audio']}",
+                           "data.audio_seconds=0.25")
+    assert metrics["config"]["model"]["encoder"] == "audio:pretrained_conformer,video:conformer"
+    assert metrics["config"]["method"]["ceb_weight"] == 1.0 and metrics["config"]["data"]["features"] is True
+    keys = ckpt["state_dict"]
+    assert any(".encoders.audio.backbone." in k for k in keys)
+    assert any(".encoders.audio.conformer.blocks.0.conv.batch_norm.running_var" in k for k in keys)
+    assert any(".encoders.video.blocks.0.attn.u_bias" in k for k in keys)
+
+
+def test_ave_conformer_config_trains_on_fixtures(tmp_path, backbones, monkeypatch):
+    """ViViT -> Conformer on 2-frame clips, as configs/ave/conformer/mcr.yaml (unimodal stages first).
+    The AVE loader gives spectrograms, not waveforms: the audio branch is a small ResNet here."""
+    from mmbalance.testing.fixtures import write_ave
+
+    monkeypatch.setenv("MMBALANCE_CACHE_DIR", str(tmp_path / "cache"))
+    write_ave(tmp_path / "ave", frames=2, width=40)
+    metrics, ckpt = _train("ave", tmp_path / "ave", tmp_path / "run", f"model.pretrained=video={backbones['video']}",
+                           "model.encoder=audio:resnet18_audio,video:pretrained_conformer", "model.base_width=4",
+                           "data.num_frames=2", "data.image_size=16")
+    assert metrics["config"]["method"]["init"] == "unimodal"
+    assert any(".encoders.video.conformer.blocks.0.attn.v_bias" in k for k in ckpt["state_dict"])
