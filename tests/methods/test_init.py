@@ -20,7 +20,7 @@ def test_every_method_has_init_and_the_defaults_say_how_it_starts():
     for name, cls in REGISTRY.items():
         hp = cls.Hyperparameters()
         assert hp.encoder_lr_scale == 0.1 and hp.stage_lr is None, name
-        expected = "unimodal" if name in ("ensemble", "unipre_frozen", "unipre_finetuned", "mcr") else "scratch"
+        expected = "unimodal" if name in ("ensemble", "unipre_frozen", "unipre_finetuned") else "scratch"
         assert hp.init == expected, name
         assert bool(cls.stages(["a", "b"], hp)) == (expected == "unimodal"), name
     mcr = get_method("mcr")
@@ -116,11 +116,12 @@ def test_a_standalone_unimodal_run_is_the_stage_the_pipelines_reuse(tmp_path):
     def files():  # the locks are opened (touched) by every user; the entries must not change
         return {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.suffix != ".lock"}
     mtimes = files()
-    cached = train(tiny_config("mcr", trainer__max_epochs=2, trainer__stage_cache=str(cache)), tmp_path / "mcr")
+    cached = train(tiny_config("mcr", method__init="unimodal", trainer__max_epochs=2,
+                               trainer__stage_cache=str(cache)), tmp_path / "mcr")
     assert files() == mtimes and len(mtimes) > 10  # nothing trained into the cache
     assert {k: v["test"] for k, v in cached["stages"].items()} == {f"unimodal_{m}": solo[m]["test"]
                                                                     for m in ("x1", "x2")}
-    own = train(tiny_config("mcr", trainer__max_epochs=2), tmp_path / "mcr_own")
+    own = train(tiny_config("mcr", method__init="unimodal", trainer__max_epochs=2), tmp_path / "mcr_own")
     scores = lambda run: {k: (v["val"], v["test"]) for k, v in run["stages"].items()}  # noqa: E731
     assert scores(own) == scores(cached) and own["test"] == cached["test"] and own["val"] == cached["val"]
     other = train(tiny_config("unimodal", method__modality="x1", trainer__max_epochs=2, optim__lr=0.01,
