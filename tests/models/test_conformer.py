@@ -57,6 +57,18 @@ def test_shapes_width_depth_and_heads():
         ConformerEncoder(12, d_model=16, kernel_size=4)
 
 
+def test_the_authors_sizes_give_the_authors_parameter_count():
+    """1408 face features -> 50 -> 512, 5 blocks (kkontras/MCR Video_FacesConformer): every
+    layer of their blocks, counted by hand."""
+    d, k, D, v = 512, 31, 1408, 50
+    ff = 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)  # LayerNorm, Linear(d, 4d), Linear(4d, d)
+    attn = 2 * d + 4 * (d * d + d) + d * d + 2 * d  # LayerNorm, q k v out, bias-free pos, u and v
+    conv = 2 * d + (d * 2 * d + 2 * d) + d * k + 2 * d + (d * d + d)  # LN, pointwise, depthwise, BN, pointwise
+    block = 2 * ff + attn + conv + 2 * d  # and the final LayerNorm
+    enc = ConformerEncoder(D, d_model=d, layers=5, bottleneck=v)
+    assert sum(p.numel() for p in enc.parameters()) == D * v + (v * d + d) + 5 * block
+
+
 def _sinusoid(r, d):
     return torch.tensor([math.sin(r / 10000 ** (k / d)) if k % 2 == 0 else math.cos(r / 10000 ** ((k - 1) / d))
                          for k in range(d)], dtype=torch.float64)
