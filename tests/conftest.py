@@ -14,6 +14,21 @@ TINY = {"data.n": 300, "data.dim": 16, "data.latent_dim": 4, "data.batch_size": 
         "model.hidden": 16, "trainer.max_epochs": 2, "trainer.progress": False, "trainer.patience": 0}
 
 
+#: the tests whose floats go through the kernels that ATEN_CPU_CAPABILITY and MKL_CBWR switch
+#: (losses, methods, training and resume, the engine, models, predictions): `make test-numerics`
+#: (CI's second pass) reruns them on the portable kernels, so that a test that holds only for
+#: one CPU's rounding fails here rather than on a user's machine
+NUMERICS = ("tests/losses/", "tests/methods/", "tests/engine/", "tests/analysis/", "tests/models/",
+            "tests/training/test_checkpoints.py", "tests/training/test_interrupt.py", "tests/training/test_run.py",
+            "tests/training/test_nonfinite.py", "tests/bench/test_speed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(NUMERICS):
+            item.add_marker(pytest.mark.numerics)
+
+
 def tiny_config(method: str, **overrides):
     """A run configuration for ``method`` on a 300-point synthetic set; ``overrides`` use
     ``__`` for dots (``trainer__max_epochs=1``)."""
