@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import wave
+import wave as wave_module
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -50,17 +50,25 @@ def signal_freq(label: int) -> float:
     return 300.0 + 400.0 * label
 
 
-def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
-    """A 16-bit mono sine WAV; returns the int16 samples written."""
+def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0, amplitude: float = 0.5,
+              channels: int = 1, noise=None) -> np.ndarray:
+    """A 16-bit sine WAV; returns the int16 samples written, (L,) or with ``channels`` > 1
+    (L, channels), channel k at amplitude ``amplitude / (k + 1)`` (so channels differ); ``noise``
+    (a numpy Generator) adds a random phase and white noise of s.d. 0.02 (before the amplitude)."""
     t = np.arange(int(round(seconds * rate))) / rate
-    samples = np.round(amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    phase = 0.0 if noise is None else noise.uniform(0, 2 * np.pi)
+    wave = np.sin(2 * np.pi * freq * t + phase)
+    if noise is not None:
+        wave = wave + noise.normal(0, 0.02, size=t.shape)
+    scales = amplitude / np.arange(1, channels + 1)
+    samples = np.clip(np.round(scales * 32767 * wave[:, None]), -32767, 32767).astype(np.int16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
+    with wave_module.open(str(path), "wb") as out:
+        out.setnchannels(channels)
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(samples.tobytes())
-    return samples
+    return samples[:, 0] if channels == 1 else samples
 
 
 def jpeg_bytes(value: int, size=(24, 32), noise=None) -> bytes:
@@ -131,24 +139,37 @@ def write_cremad_faces(root: Path, rows: Dict[str, list], dim: int = 16, frames:
     return written
 
 
-def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40, signal: bool = False) -> Dict[str, list]:
-    """AVE: the three split files, ``Audio-1004-SE/<id>.pkl`` (257 x ``width``) and
-    ``Image-01-FPS-SE/<id>/``. Returns split -> [(video id, class name)]."""
+def write_ave(root: Path, per_split=(2, 1, 1), frames: int = 5, width: int = 40, signal: bool = False,
+              wavs: bool = False, wav_seconds: float = 0.5, wav_rate: int = 44100, wav_channels: int = 2,
+              spectrograms: bool = True) -> Dict[str, list]:
+    """AVE: the three split files, ``Audio-1004-SE/<id>.pkl`` (257 x ``width``; not with
+    ``spectrograms=False``) and ``Image-01-FPS-SE/<id>/``; with ``wavs`` also
+    ``Audios/<id>.wav`` as the authors' ``mp4_to_wav.py`` writes them (moviepy's 44.1 kHz,
+    16-bit, two channels by default): a :func:`write_wav` tone of ``wav_seconds``, at
+    ``signal_freq(label)`` with ``signal`` (random phase and noise), else 200 Hz + 10 Hz per clip.
+    Returns split -> [(video id, class name)]."""
     rng = np.random.default_rng(0)
     rows: Dict[str, list] = {}
     names = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+    clip = 0
     for split, count in zip(names, per_split):
         rows[split] = []
         for label, cls in enumerate(AVE_CLASSES):
             for i in range(count):
                 vid = f"{split[:2]}{cls[:3].replace(' ', '')}{i:02d}xyz"
-                (root / "Audio-1004-SE").mkdir(parents=True, exist_ok=True)
                 spec = rng.normal(-5 + (3 * label if signal else 0), 2, size=(257, width)).astype(np.float32)
-                (root / "Audio-1004-SE" / f"{vid}.pkl").write_bytes(pickle.dumps(spec))
+                if spectrograms:
+                    (root / "Audio-1004-SE").mkdir(parents=True, exist_ok=True)
+                    (root / "Audio-1004-SE" / f"{vid}.pkl").write_bytes(pickle.dumps(spec))
+                if wavs:
+                    write_wav(root / "Audios" / f"{vid}.wav", seconds=wav_seconds, rate=wav_rate,
+                              freq=signal_freq(label) if signal else 200.0 + 10 * clip, channels=wav_channels,
+                              noise=rng if signal else None)
                 write_frames(root / "Image-01-FPS-SE" / vid, frames,
                              value=signal_value(label, len(AVE_CLASSES)) if signal else None,
                              noise=rng if signal else None)
                 rows[split].append((vid, cls))
+                clip += 1
         (root / names[split]).write_text("".join(f"{c}&{v}&good&0&10\n" for v, c in rows[split]))
     return rows
 
