@@ -207,18 +207,20 @@ def test_gradient_reaches_every_parameter():
 
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory):
-    """A tiny randomly initialized wav2vec2 (audio) and ViViT (2-frame clips), saved locally."""
+    """A tiny randomly initialized wav2vec2 (audio), HuBERT (AVE's audio) and ViViT (2-frame
+    clips), saved locally."""
     transformers = pytest.importorskip("transformers")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
     small = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
-    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
-        **small, conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2, vocab_size=4)).save_pretrained(root / "w2v")
+    audio = dict(small, conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4,
+                 num_conv_pos_embedding_groups=2, vocab_size=4)
+    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**audio)).save_pretrained(root / "w2v")
+    transformers.HubertModel(transformers.HubertConfig(**audio)).save_pretrained(root / "hubert")
     transformers.VivitModel(transformers.VivitConfig(**small, image_size=16, num_frames=2,
                                                       tubelet_size=[2, 8, 8])).save_pretrained(root / "vivit")
-    return {"audio": root / "w2v", "video": root / "vivit"}
+    return {"audio": root / "w2v", "hubert": root / "hubert", "video": root / "vivit"}
 
 
 def test_registry_factories_and_a_backbone_then_conformer(backbones):
@@ -278,14 +280,19 @@ def test_cremad_conformer_config_trains_on_fixtures(tmp_path, backbones, monkeyp
 
 
 def test_ave_conformer_config_trains_on_fixtures(tmp_path, backbones, monkeypatch):
-    """ViViT -> Conformer on 2-frame clips, as configs/ave/conformer/mcr.yaml (unimodal stages first).
-    The AVE loader gives spectrograms, not waveforms: the audio branch is a small ResNet here."""
+    """HuBERT -> Conformer on the 16 kHz waveforms of Audios/<VideoID>.wav, ViViT -> Conformer on
+    2-frame clips, as configs/ave/conformer/mcr.yaml (unimodal stages first)."""
     from mmbalance.testing.fixtures import write_ave
 
     monkeypatch.setenv("MMBALANCE_CACHE_DIR", str(tmp_path / "cache"))
-    write_ave(tmp_path / "ave", frames=2, width=40)
-    metrics, ckpt = _train("ave", tmp_path / "ave", tmp_path / "run", f"model.pretrained=video={backbones['video']}",
-                           "model.encoder=audio:resnet18_audio,video:pretrained_conformer", "model.base_width=4",
-                           "data.num_frames=2", "data.image_size=16")
-    assert metrics["config"]["method"]["init"] == "unimodal"
-    assert any(".encoders.video.conformer.blocks.0.attn.v_bias" in k for k in ckpt["state_dict"])
+    write_ave(tmp_path / "ave", frames=2, wavs=True, wav_seconds=0.25, spectrograms=False)
+    metrics, ckpt = _train("ave", tmp_path / "ave", tmp_path / "run",
+                           f"model.pretrained=audio={backbones['hubert']},video={backbones['video']}",
+                           "data.num_frames=2", "data.image_size=16", "data.audio_seconds=0.25")
+    config = metrics["config"]
+    assert config["model"]["encoder"] == "audio:pretrained_conformer,video:pretrained_conformer"
+    assert config["data"]["audio_input"] == "waveform" and config["method"]["init"] == "unimodal"
+    keys = ckpt["state_dict"]
+    assert any(".encoders.audio.backbone.backbone.feature_extractor." in k for k in keys)
+    assert any(".encoders.audio.conformer.blocks.0.attn.v_bias" in k for k in keys)
+    assert any(".encoders.video.conformer.blocks.0.attn.v_bias" in k for k in keys)
