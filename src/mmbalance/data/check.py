@@ -10,8 +10,9 @@ after all the training. :func:`check_bundle` opens every such file of every spli
 - a WAV file: its RIFF header and chunk table (``scipy.io.wavfile`` with ``mmap=True``, so
   the samples are mapped, not read): a readable WAV holding at least one sample;
 - a frame image: its header through Pillow (format and size), without decoding the pixels;
-- a Something-Something video: present in each HDF5 file with at least one frame, and the
-  header of its first frame readable.
+- a Something-Something video: present in each HDF5 file as a 1-D dataset of encoded images
+  (an array of decoded pixels is reported as such) with at least one frame, and the header of
+  its first frame readable.
 
 UCF-51's clips are in memory (its one pickle is read whole while loading): their audio and
 frames are checked for a numeric type. MOSI/MOSEI, Sth-Sth features and ``.npz``/``.h5``
@@ -182,7 +183,14 @@ def _check_h5_video(path: Path, video: str, handles: Dict[Path, Any]) -> None:
     if video not in handles[path]:
         raise DataError(f"{path}: no video {video!r}")
     stored = handles[path][video]
-    if len(stored) == 0:
+    shape = getattr(stored, "shape", None)
+    if shape is None:
+        raise DataError(f"{path}: video {video!r} is an HDF5 group, not a dataset; expected a 1-D dataset of one "
+                        "encoded image (JPEG bytes) per frame")
+    if len(shape) != 1:  # the reader's wording (sthsth.SthSthFrames._stored)
+        raise DataError(f"{path}: video {video!r} holds an array of shape {tuple(shape)} (decoded pixels?); expected "
+                        "one encoded image (JPEG bytes) per frame")
+    if shape[0] == 0:
         raise DataError(f"{path}: video {video!r} has no frames")
     try:
         with Image.open(io.BytesIO(bytes(stored[0]))):
