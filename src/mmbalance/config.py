@@ -64,12 +64,12 @@ class DataConfig(SyntheticSpec):
     task: str = "auto"  # MOSI/MOSEI: regression (auto) or classification (binary, label > 0)
     image_size: int = 224  # crop size of video frames
     num_frames: Optional[int] = None  # frames per clip (CREMA-D 3, AVE/UCF 4, Sth-Sth 16)
-    sample_rate: Optional[int] = None  # audio rate in Hz (CREMA-D 22050, UCF 16000)
-    audio_seconds: float = 3.0  # audio length, shorter clips tiled
+    sample_rate: Optional[int] = None  # audio rate in Hz (CREMA-D 22050, UCF 16000; AVE waveforms 16000)
+    audio_seconds: float = 3.0  # audio length, shorter clips tiled (AVE's Conformer configs: 10, its whole clips)
     spectrogram_dir: Optional[str] = None  # folder of precomputed <clip>.pkl spectrograms
     val_fraction: float = 0.1  # validation share carved from train where no val list exists
-    features: bool = False  # Sth-Sth: read pre-extracted features instead of frames
-    audio_input: str = "spectrogram"  # CREMA-D/UCF-51: or waveform (for pretrained audio backbones)
+    features: bool = False  # read features instead of frames: Sth-Sth pre-extracted features, CREMA-D face features
+    audio_input: str = "spectrogram"  # CREMA-D/AVE/UCF-51: or waveform (for pretrained audio backbones)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.0
     base_width: int = 64  # ResNet-18 stem width; 64 is the standard network (512-d features)
-    pretrained: Optional[str] = None  # encoder 'pretrained': local Hugging Face dir, or audio=DIR,video=DIR
+    pretrained: Optional[str] = None  # Hugging Face dir (pretrained*) or Swin checkpoint (swin3d); or audio=X,video=Y
     regression_loss: str = "mse"  # task loss of a regressor (one output): mse | l1 (the authors' MOSI/MOSEI runs)
 
 
