@@ -32,11 +32,33 @@ def ogm_coefficients(scores: Tensor, alpha: float) -> Tensor:
     return torch.where(ratio > 1, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
 
 
+def ogm_plus_coefficients(scores: Tensor, factor: float = 4.0) -> Tensor:
+    """OGM_plus (Wei et al., TPAMI 2024): the weakest modality's coefficient is ``factor``,
+    every other modality's 1; all 1 when the scores are equal.
+
+    For M = 2 this is the official rule (BML_TPAMI2024 code/main.py:128-136: if
+    ``s_1 / s_2 > 1`` then ``k_2 = 4``, else ``k_1 = 4``; the other 1). For more modalities
+    the boosted one is the one OGM leaves undamped (:func:`ogm_coefficients`): the lowest
+    score. On an exact tie the official else-branch boosts the first modality; here none.
+
+    Args:
+        scores: (M,) batch scores ``s_m = sum_i softmax(out_m)[i, y_i]``.
+        factor: the weak modality's gradient multiplier (officially a constant 4).
+
+    Returns:
+        (M,) coefficients, ``factor`` or 1.
+    """
+    weakest = (scores == scores.min()) & (scores.max() > scores.min())
+    return torch.where(weakest, torch.full_like(scores, factor), torch.ones_like(scores))
+
+
 @register
 class OGM(Method):
     """``L = L_task(f(X), y)``; after backward the encoder weight gradients of modality m are
     multiplied by ``k_m = 1 - tanh(alpha * s_m / min_j s_j)`` for the dominant modality (1
-    for the others; :func:`ogm_coefficients`), ``s_m = sum_i softmax(out_m)[i, y_i]``.
+    for the others; :func:`ogm_coefficients`), ``s_m = sum_i softmax(out_m)[i, y_i]``; with
+    ``plus`` (TPAMI 2024's OGM_plus) instead ``k_m = plus_factor`` for the weakest modality
+    and 1 for the others (:func:`ogm_plus_coefficients`).
 
     Before backward, each modality is scored by its
     share ``out_m = z_m W_m^T + b/M`` (B, C) of the linear fusion; after backward, while
@@ -52,6 +74,21 @@ class OGM(Method):
         divided by the running RMS of that parameter's own gradient, so a constant ``k_m`` is
         largely undone; only its change from step to step survives. Use ``optim.name=sgd`` for
         the published setting.
+
+        TPAMI 2024 (Wei et al., "On-the-fly Modulation for Balanced Multimodal Learning",
+        GeWu-Lab/BML_TPAMI2024) options. Warm-up: its code modulates no gradient while
+        ``epoch <= 5`` (code/main.py:91 and :116, 0-based epochs, main.py:275) and otherwise
+        only while ``modulation_starts <= epoch <= modulation_ends`` (main.py:154;
+        scripts/train_ogm.sh: 0 and 60, alpha 0.8). That is this method's epoch window:
+        ``method.start_epoch=6 method.end_epoch=60`` (no second warm-up key). ``plus``:
+        ``--use_OGM_plus`` (main.py:37, :128-136) multiplies the weaker modality's encoder
+        gradients by the constant 4 and leaves the stronger one's (``alpha`` is unused); the
+        window, the conv-kernel-only rule and, for ``ogm_ge``, the noise (std of the
+        unscaled gradient, on both encoders, main.py:158-167) are as without it. Its
+        commented-out alternative ``1 + tanh(alpha * relu(ratio))`` is not offered. The
+        TPAMI code trains with AdamW (lr 5e-5, weight decay 0.01, main.py:267) on
+        Kinetics-Sounds only, which mmbalance has no loader for, so no per-dataset values.
+        Defaults stay the CVPR 2022 code's (no warm-up beyond ``start_epoch=0``, no plus).
     """
 
     name = "ogm"
@@ -63,8 +100,12 @@ class OGM(Method):
     @dataclass
     class Hyperparameters:
         alpha: float = hparam(0.8, search=log_uniform(0.05, 2.0))  # official 0.1 to 0.8
-        start_epoch: int = 0
+        start_epoch: int = 0  # first modulated epoch (0-based); TPAMI 2024: 6 (its warm-up is epochs 0-5)
         end_epoch: Optional[int] = 50  # last modulated epoch (0-based); None: no end (the MCR authors' runs)
+        # TPAMI 2024's OGM_plus: boost the weakest modality instead of damping the dominant one.
+        # Not searched: a variant the user picks (alpha has no effect under it).
+        plus: bool = False
+        plus_factor: float = 4.0  # BML_TPAMI2024 code/main.py:131,136 (a constant)
 
 
     def __init__(self, model, hparams=None) -> None:
@@ -81,7 +122,11 @@ class OGM(Method):
             labels = batch.labels.long().unsqueeze(1)
             scores = torch.stack([shares[m].float().softmax(-1).gather(1, labels).sum()
                                   for m in self.model.modalities])
-            self.coefficients.copy_(ogm_coefficients(self.all_reduce_mean(scores), self.hparams.alpha))
+            scores = self.all_reduce_mean(scores)
+            if self.hparams.plus:
+                self.coefficients.copy_(ogm_plus_coefficients(scores, self.hparams.plus_factor))
+            else:
+                self.coefficients.copy_(ogm_coefficients(scores, self.hparams.alpha))
         return LossTerms.from_terms({"task": self.task_loss(out.logits, batch.labels)})
 
     def on_epoch_start(self, epoch: int, train_loader=None) -> Dict[str, float]:
