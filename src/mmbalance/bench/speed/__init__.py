@@ -23,6 +23,15 @@ minute or two):
 - ``mosei`` (c): the 5-layer sequence Transformer (width 40, feed-forward 2048) on video
   (50 x 35), audio (50 x 74) and text (50 x 300), batch 32; binary classification so that
   the classification-only baselines (ogm_ge, agm) run too.
+- ``cremad_conformer`` (d): the paper's CREMA-D Conformer model (configs/cremad/conformer): a
+  randomly initialized wav2vec2 of wav2vec2-large-robust's size, first 12 layers (needs the
+  ``pretrained`` extra), then a Conformer (50-d bottleneck, 512 wide, 5 blocks) on 3 s of
+  16 kHz audio; face features (150 x 1408) through the same Conformer; 6 classes, batch 8.
+- ``sthsth_swin`` (e): a Video Swin-T per modality (video, flow) on 16 x 224 x 224 clips
+  (configs/sthsth/swin), 174 classes, batch 16.
+
+Not in the default ``--settings``; on a CPU run (d) and (e) at ``--batch 2`` (a step takes
+seconds). ``mcr_p32_ceb`` is MCR as those configs run it (ceb_weight 1).
 Modules: ``cells`` (settings, variants, one step), ``timing``, ``memory`` (the fork
 server), ``profile``, ``report`` (CSV and markdown), ``plots``, ``run`` (the command).
 """
@@ -33,7 +42,8 @@ import importlib
 #: registering the command (``mmbalance --help``) does not import torch
 _LAZY = {
     "METHODS": "cells", "MODALITY_SWEEP": "cells", "MODALITY_VARIANTS": "cells", "PERMUTATION_SWEEP": "cells",
-    "QUICK_SETTINGS": "cells", "SETTINGS": "cells", "MCRReencode": "cells", "Runner": "cells",
+    "QUICK_SETTINGS": "cells", "SETTINGS": "cells",
+    "HEAVY": "cells", "BENCH_ENCODERS": "cells", "MCRReencode": "cells", "Runner": "cells",
     "Setting": "cells", "SpeedVariant": "cells", "build_method": "cells", "build_model": "cells",
     "fused_rows": "cells", "make_batch": "cells", "make_optimizer": "cells", "make_runner": "cells",
     "mipd_terms": "cells", "modality_setting": "cells", "variant_by_label": "cells", "MemoryServer": "memory",
@@ -52,7 +62,8 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["METHODS", "MODALITY_SWEEP", "MODALITY_VARIANTS", "PERMUTATION_SWEEP", "QUICK_SETTINGS", "SETTINGS",
+__all__ = ["BENCH_ENCODERS", "HEAVY",
+           "METHODS", "MODALITY_SWEEP", "MODALITY_VARIANTS", "PERMUTATION_SWEEP", "QUICK_SETTINGS", "SETTINGS",
            "MCRReencode", "Runner", "Setting", "SpeedVariant", "build_method", "build_model", "fused_rows",
            "make_batch", "make_optimizer", "make_runner", "mipd_terms", "modality_setting", "variant_by_label",
            "MemoryServer", "measure_memory", "memory_worker", "saved_for_backward_mb", "profile_cells", "CellResult",

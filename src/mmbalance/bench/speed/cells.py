@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import re
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...config import OptimConfig
+from ...errors import ConfigError
 from ...engine import build_optimizer, train_step
 from ...methods import get_method
 from ...methods.mcr import MCR
 from ...models import MultimodalModel, build_encoder
+from ...models.conformer import BackboneConformer, conformer
+from ...models.pretrained import PretrainedEncoder
 from ...types import Batch, LossTerms, ModelOutput
 
 Log = Callable[[str], None]
@@ -47,6 +51,9 @@ class Setting:
 _MLP = (("feature_dim", 100), ("hidden", 100), ("layers", 2), ("dropout", 0.0))
 _SEQ = (("feature_dim", 40), ("hidden", 2048), ("layers", 5), ("dropout", 0.1))
 _SEQ_QUICK = (("feature_dim", 40), ("hidden", 256), ("layers", 2), ("dropout", 0.1))
+#: the paper's Conformer on top of every branch (configs/cremad/conformer): 50-d bottleneck, 512 wide, 5 blocks
+_CONFORMER = (("feature_dim", 512), ("hidden", 50), ("layers", 5), ("dropout", 0.1))
+_CONFORMER_QUICK = (("feature_dim", 32), ("hidden", 8), ("layers", 1), ("dropout", 0.1))
 
 SETTINGS: Dict[str, Setting] = {
     "synthetic": Setting("synthetic", "(a) synthetic MLP",
@@ -57,6 +64,16 @@ SETTINGS: Dict[str, Setting] = {
     "mosei": Setting("mosei", "(c) 5-layer sequence Transformer, MOSEI sizes",
                      (("video", (50, 35), "transformer_seq"), ("audio", (50, 74), "transformer_seq"),
                       ("text", (50, 300), "transformer_seq")), _SEQ, 2, 32),
+    "cremad_conformer": Setting(
+        "cremad_conformer", "(d) the paper's CREMA-D Conformer model: wav2vec2-large-robust (first 12 layers, random "
+        "init) -> Conformer on 3 s of 16 kHz audio, face features (150 x 1408) -> Conformer",
+        (("audio", (48000,), "wav2vec2_large_robust12_conformer"), ("video", (150, 1408), "conformer")),
+        _CONFORMER, 6, 8),
+    "sthsth_swin": Setting(
+        "sthsth_swin", "(e) the paper's Something-Something model: a Video Swin-T per modality (video, flow), "
+        "16 x 224 x 224 clips",
+        (("video", (3, 16, 224, 224), "swin3d"), ("flow", (3, 16, 224, 224), "swin3d")),
+        (("base_width", 64),), 174, 16),
 }
 QUICK_SETTINGS: Dict[str, Setting] = {
     "synthetic": SETTINGS["synthetic"],
@@ -66,7 +83,17 @@ QUICK_SETTINGS: Dict[str, Setting] = {
     "mosei": Setting("mosei", "(c) sequence Transformer, --quick sizes (2 layers, 20 steps)",
                      (("video", (20, 35), "transformer_seq"), ("audio", (20, 74), "transformer_seq"),
                       ("text", (20, 300), "transformer_seq")), _SEQ_QUICK, 2, 32),
+    "sthsth_swin": Setting("sthsth_swin", "(e) Video Swin, --quick sizes (width 16, 4 x 32 x 32 clips)",
+                           (("video", (3, 4, 32, 32), "swin3d"), ("flow", (3, 4, 32, 32), "swin3d")),
+                           (("base_width", 16),), 174, 4),
 }
+if importlib.util.find_spec("transformers") is not None:  # the 'pretrained' extra (no import here)
+    QUICK_SETTINGS["cremad_conformer"] = Setting(
+        "cremad_conformer", "(d) wav2vec2 -> Conformer + features -> Conformer, --quick sizes (a 2-layer 64-wide "
+        "wav2vec2, 0.5 s audio, 20 x 32 features)",
+        (("audio", (8000,), "wav2vec2_small_conformer"), ("video", (20, 32), "conformer")), _CONFORMER_QUICK, 6, 4)
+#: the settings whose step takes seconds on a CPU (fewer rounds by default)
+HEAVY = ("cremad", "cremad_conformer", "sthsth_swin")
 #: Settings swept over M (``cost_vs_modalities.png``) and the modality counts.
 MODALITY_SWEEP = {"synthetic": (2, 3, 4), "mosei": (2, 3, 4)}
 
@@ -87,12 +114,62 @@ def modality_setting(base: Setting, count: int) -> Setting:
     return dataclasses.replace(base, modalities=tuple((f"x{i + 1}", first[1], first[2]) for i in range(count)))
 
 
+# ----------------------------------------------------------------------------- bench-only encoders
+#: facebook/wav2vec2-large-robust's architecture (its config.json), for a randomly initialized copy
+#: of the real size: the authors keep its first 12 of 24 layers (kkontras/MCR Audio_Wav2Vec). Layer
+#: drop (0.1 in the checkpoint) is off, so every step runs all 12 layers and times compare.
+WAV2VEC2_LARGE_ROBUST = dict(
+    hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, intermediate_size=4096,
+    conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=True,
+    feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16, hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
+    feat_proj_dropout=0.1, layerdrop=0.0, mask_time_prob=0.05)
+#: --quick: 2 layers 64 wide, 80 samples a step (wav2vec2's 320 would leave 25 steps of 0.5 s)
+WAV2VEC2_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                      conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 4, 4), num_conv_pos_embeddings=16,
+                      num_conv_pos_embedding_groups=4, layerdrop=0.0)
+
+
+class RandomBackbone(PretrainedEncoder):
+    """:class:`~mmbalance.models.pretrained.PretrainedEncoder` (the same ``sequence`` and
+    ``forward``) around a backbone built in memory, not read from a directory."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        torch.nn.Module.__init__(self)
+        self.backbone = backbone
+        self.backbone.train()
+        self.input_name, self.video_model = backbone.main_input_name, False
+        self.out_dim = int(backbone.config.hidden_size)
+
+
+def _random_wav2vec2_conformer(sizes: Dict[str, object]) -> Callable:
+    def factory(shape: Tuple[int, ...], cfg) -> torch.nn.Module:
+        """``pretrained_conformer`` as training builds it (a :class:`BackboneConformer`), its
+        wav2vec2 randomly initialized from ``sizes``: no checkpoint needed."""
+        try:
+            import transformers
+        except ImportError:
+            raise ConfigError("bench speed setting cremad_conformer needs transformers: "
+                              "pip install 'mmbalance[pretrained]'") from None
+        backbone = RandomBackbone(transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**sizes)))
+        return BackboneConformer(backbone, conformer((1, backbone.out_dim), cfg))
+    return factory
+
+
+#: encoders only ``bench speed`` builds (looked up before the registry)
+BENCH_ENCODERS: Dict[str, Callable] = {
+    "wav2vec2_large_robust12_conformer": _random_wav2vec2_conformer(WAV2VEC2_LARGE_ROBUST),
+    "wav2vec2_small_conformer": _random_wav2vec2_conformer(WAV2VEC2_SMALL),
+}
+
+
 def build_model(setting: Setting, seed: int = 0) -> MultimodalModel:
-    """The setting's model (registry encoders; ``concat_linear`` fusion unless the setting's
-    ``model_cfg`` names another ``fusion``), seeded."""
+    """The setting's model (registry encoders, or :data:`BENCH_ENCODERS`; ``concat_linear`` fusion
+    unless the setting's ``model_cfg`` names another ``fusion``), seeded."""
     torch.manual_seed(seed)
     cfg = SimpleNamespace(**dict(setting.model_cfg))
-    encoders = {m: build_encoder(enc, shape, cfg, modality=m) for m, shape, enc in setting.modalities}
+    encoders = {m: BENCH_ENCODERS[enc](shape, cfg) if enc in BENCH_ENCODERS else
+                build_encoder(enc, shape, cfg, modality=m) for m, shape, enc in setting.modalities}
     return MultimodalModel(encoders, setting.num_classes, fusion=getattr(cfg, "fusion", "concat_linear"))
 
 
@@ -176,19 +253,22 @@ MODALITY_VARIANTS: Tuple[SpeedVariant, ...] = (
 
 
 _PATTERNS = (
-    (re.compile(r"mcr_p(\d+)(?:_chunk(\d+))?(_singletons)?(_mipd_only)?(_compile)?"), lambda p, c, s, o, k: _mcr(
-        f"mcr_p{p}" + (f"_chunk{c}" if c else "") + (s or "") + (o or "") + (k or ""), int(p),
-        **({"chunk_size": int(c)} if c else {}), **({"max_subset_size": 1} if s else {}),
-        **({"contrastive_weight": 0.0} if o else {}), **({"compile": True} if k else {}))),
+    (re.compile(r"mcr_p(\d+)(?:_chunk(\d+))?(_singletons)?(_mipd_only)?(_ceb)?(_compile)?"),
+     lambda p, c, s, o, b, k: _mcr(
+         f"mcr_p{p}" + (f"_chunk{c}" if c else "") + (s or "") + (o or "") + (b or "") + (k or ""), int(p),
+         **({"chunk_size": int(c)} if c else {}), **({"max_subset_size": 1} if s else {}),
+         **({"contrastive_weight": 0.0} if o else {}), **({"ceb_weight": 1.0} if b else {}),
+         **({"compile": True} if k else {}))),
     (re.compile(r"mcr_input_noise_p(\d+)"), lambda p: _mcr(f"mcr_input_noise_p{p}", int(p),
                                                             perturbation="input_noise")),
 )
 
 
 def variant_by_label(label: str) -> SpeedVariant:
-    """A table label, or a pattern: ``mcr_p<P>[_chunk<N>][_singletons][_mipd_only][_compile]``
-    (``_mipd_only``: contrastive_weight 0, the MIPD's own cost; ``_compile``: the MIPD under
-    ``torch.compile``, compiled during the warm-up), ``mcr_input_noise_p<P>``."""
+    """A table label, or a pattern: ``mcr_p<P>[_chunk<N>][_singletons][_mipd_only][_ceb][_compile]``
+    (``_mipd_only``: contrastive_weight 0, the MIPD's own cost; ``_ceb``: ceb_weight 1, as the
+    Conformer and Swin configs run MCR; ``_compile``: the MIPD under ``torch.compile``, compiled
+    during the warm-up), ``mcr_input_noise_p<P>``."""
     for v in METHODS + PERMUTATION_SWEEP + MODALITY_VARIANTS:
         if v.label == label:
             return v
@@ -198,7 +278,7 @@ def variant_by_label(label: str) -> SpeedVariant:
             return make(*match.groups())
     known = ", ".join(v.label for v in METHODS + PERMUTATION_SWEEP + MODALITY_VARIANTS)
     raise KeyError(f"unknown speed benchmark method {label!r}; valid: {known}, or mcr_p<P>[_chunk<N>]"
-                   "[_singletons][_mipd_only][_compile], mcr_input_noise_p<P>")
+                   "[_singletons][_mipd_only][_ceb][_compile], mcr_input_noise_p<P>")
 
 
 def build_method(variant: SpeedVariant, model: MultimodalModel):

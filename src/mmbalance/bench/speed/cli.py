@@ -14,13 +14,14 @@ def register_bench(bench_sub) -> None:
     s.add_argument("--out", required=True, help="directory of speed.csv, speed.md and the figures")
     s.add_argument("--quick", action="store_true", help="small models and few rounds: a smoke run of a minute or two")
     s.add_argument("--settings", nargs="+", default=["synthetic", "cremad", "mosei"],
-                   help="any of synthetic (a), cremad (b), mosei (c)")
+                   help="any of synthetic (a), cremad (b), mosei (c), cremad_conformer (d: wav2vec2 and face "
+                        "features -> Conformers; needs transformers), sthsth_swin (e: two Video Swin-T)")
     s.add_argument("--methods", nargs="+", help="labels of the table (default: all; see docs/performance.md)")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="autocast dtype for forward and loss (bf16: the GPU check)")
-    s.add_argument("--batch", type=int, help="batch size of every setting (default: a 64, b 8, c 32)")
-    s.add_argument("--repeats", type=int, help="timed rounds per setting (default 7; 5 for b on CPU; quick 3)")
+    s.add_argument("--batch", type=int, help="batch size of every setting (default: a 64, b 8, c 32, d 8, e 16)")
+    s.add_argument("--repeats", type=int, help="timed rounds per setting (default 7; 5 for b, d, e on CPU; quick 3)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is robust on a busy machine)")
     s.add_argument("--no-sweeps", action="store_true", help="skip the P and M sweeps and their figures")
     s.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,33 @@ def target_lines(results: Sequence, quick: bool = False) -> List[str]:
     return lines
 
 
+def round_ratios(mine: Timing, ref: Timing) -> List[float]:
+    """``mine``'s sample over ``ref``'s in each timed round (both cells ran in every round, so a
+    drift of the machine's speed between rounds largely cancels)."""
+    return [a / b for a, b in zip(mine.samples, ref.samples) if b > 0]
+
+
+def ratio_lines(results: Sequence, reference: str = "multiloss") -> List[str]:
+    """Per setting, each MCR cell against ``reference`` round by round: the median ratio and
+    its range over the rounds (the spread the table's medians hide)."""
+    lines = []
+    by_setting: Dict[str, Dict[str, object]] = defaultdict(dict)
+    for c in results:
+        by_setting[c.setting.name][c.variant.label] = c
+    for name, cells in by_setting.items():
+        ref = cells.get(reference)
+        if ref is None:
+            continue
+        for label, c in cells.items():
+            if not label.startswith("mcr_p") or "chunk" in label:
+                continue
+            ratios = sorted(round_ratios(c.timing, ref.timing))
+            if ratios:
+                lines.append(f"- {name}: {label} / {reference} per round: median {statistics.median(ratios):.3f}, "
+                             f"range {ratios[0]:.3f}-{ratios[-1]:.3f} ({len(ratios)} rounds)")
+    return ["", "Step-time ratios round by round (the cells of a round ran back to back):"] + lines if lines else []
+
+
 def modality_table(cells: Sequence) -> List[str]:
     """M sweep: MIPD terms and ms/step of multiloss, mcr over all subsets and singletons only."""
     grouped: Dict[tuple, Dict[str, object]] = defaultdict(dict)
@@ -118,6 +146,7 @@ def markdown_report(results: Sequence, modality_results: Sequence, env: Mapping[
     for name, cells in by_setting.items():
         lines += [f"## {cells[0].setting.describe()}", ""] + setting_table(cells) + [""]
     lines += target_lines(results, bool(env.get("quick")))
+    lines += ratio_lines(results)
     if modality_results:
         lines += ["", "## MIPD terms as modalities grow (M = 2, 3, 4)", ""] + modality_table(modality_results)
     return "\n".join(lines) + "\n"

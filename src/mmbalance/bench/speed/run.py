@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .cells import (METHODS, MODALITY_SWEEP, MODALITY_VARIANTS, PERMUTATION_SWEEP, QUICK_SETTINGS, SETTINGS, Log,
-                    Setting, SpeedVariant, build_model, make_runner, mipd_terms, modality_setting, variant_by_label)
+from .cells import (HEAVY, METHODS, MODALITY_SWEEP, MODALITY_VARIANTS, PERMUTATION_SWEEP, QUICK_SETTINGS, SETTINGS,
+                    Log, Setting, SpeedVariant, build_model, make_runner, mipd_terms, modality_setting,
+                    variant_by_label)
 from .memory import MemoryServer, measure_memory
 from .plots import plot_modalities, plot_permutations
 from .report import CSV_COLUMNS, DETAIL_COLUMNS, MODALITY_COLUMNS, CellResult, fmt, markdown_report, write_csv
@@ -81,7 +82,7 @@ class SpeedConfig:
 
 
 def protocol_for(cfg: SpeedConfig, setting: Setting) -> Protocol:
-    heavy = setting.name == "cremad" and not cfg.quick and cfg.device == "cpu"
+    heavy = setting.name in HEAVY and not cfg.quick and cfg.device == "cpu"
     repeats = cfg.repeats or (3 if cfg.quick else (5 if heavy else 7))
     return Protocol(warmup=1, repeats=repeats, min_sample_s=0.05 if cfg.quick else 0.25, memory=cfg.memory,
                     device=cfg.device, precision=cfg.precision, threads=cfg.threads)
