@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Setting (b) of `mmbalance bench speed` on a GPU (issue 6): ResNet-18 audio + video at the
 # CREMA-D sizes, batch 32, bf16 autocast; every method of the table plus the P sweep, then
-# a torch.profiler table of multiloss and mcr_p32. One short call: about 3 minutes on an
-# H100 (budget 5). Needs a CUDA build of torch (any 2.x); nothing else is downloaded.
+# a torch.profiler table of multiloss and mcr_p32. Then the paper's advanced models (issue 26)
+# at the paper's batch sizes, bf16: (d) cremad_conformer (wav2vec2-large-robust's first 12
+# layers, random init, -> Conformer; face features -> Conformer), batch 8, and (e) sthsth_swin
+# (a Video Swin-T each for video and flow, 16 x 224 x 224), batch 16: multiloss, mcr_p32 and
+# mcr_p32_ceb, with round-by-round ratios. (d) needs transformers (the 'pretrained' extra) and is
+# skipped without it. The (b) part takes about 3 minutes on an H100; (d) and (e) have not run on
+# a GPU yet (give the whole script 10 minutes). Needs a CUDA build of torch (any 2.x); nothing
+# else is downloaded.
 #
 #   bash bench/gpu_check.sh [OUT]          # OUT defaults to runs/bench/speed_gpu
 #
-# Paste the tests/gpu result line, OUT/speed.md (its first line names the card) and the
-# OUT/profile/*.txt heads, and date the "GPU-only tests" line of docs/testing.md.
+# Paste the tests/gpu result line, OUT/speed.md (its first line names the card), the
+# OUT/profile/*.txt heads and OUT/advanced/*/speed.md (docs/performance.md, "The paper's Conformer
+# and Swin models"), and date the "GPU-only tests" line of docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/bench/speed_gpu}"
@@ -31,3 +38,15 @@ time "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch 32 --
 "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch 32 --settings cremad \
     --profile multiloss mcr_p32 --profile-steps 10 --out "$OUT/profile"
 for f in "$OUT"/profile/profile_*.txt; do echo "== $f"; head -45 "$f"; done
+# the paper's Conformer (d) and Swin (e) models at their batch sizes (issue 26)
+ADVANCED=(sthsth_swin)
+if "$PY" -c 'import transformers' 2>/dev/null; then
+  ADVANCED=(cremad_conformer sthsth_swin)
+else
+  echo "== transformers is not installed: setting cremad_conformer skipped (pip install 'mmbalance[pretrained]')"
+fi
+for setting in "${ADVANCED[@]}"; do
+  case "$setting" in cremad_conformer) batch=8 ;; sthsth_swin) batch=16 ;; esac
+  time "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch "$batch" --settings "$setting" \
+      --methods multiloss mcr_p32 mcr_p32_ceb --no-sweeps --out "$OUT/advanced/$setting"
+done
