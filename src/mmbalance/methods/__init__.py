@@ -22,6 +22,7 @@ from .unipre import UniPreFinetuned, UniPreFrozen  # noqa: E402
 from .mcr import MCR  # noqa: E402
 from .mbsd import MBSD  # noqa: E402
 from .umt import UMT  # noqa: E402
+from .ume import UME  # noqa: E402
 
 
 def get_method(name: str) -> Type[Method]:
