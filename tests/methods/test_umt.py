@@ -140,6 +140,9 @@ def test_teachers_come_from_the_stages_stay_frozen_in_eval_mode_and_the_student_
     scratch.train()
     assert scratch.training and scratch.model.training
     assert not any(mod.training for mod in scratch.teachers.modules())
+    scratch.teachers.train()  # as a loop restoring saved modes might leave them: eval again on use
+    scratch.training_loss(_batch(), scratch(_batch().inputs))
+    assert not any(mod.training for mod in scratch.teachers.modules())
 
 
 def test_teachers_in_eval_mode_keep_batchnorm_statistics():

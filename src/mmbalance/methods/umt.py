@@ -62,8 +62,7 @@ class UMT(Method):
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
         self.teachers = nn.ModuleDict({m: copy.deepcopy(model.encoders[m]) for m in model.modalities})
-        self.teachers.requires_grad_(False)
-        self.teachers.eval()
+        self.teachers.requires_grad_(False)  # eval mode is set on use (see teacher_features)
 
     @classmethod
     def stages(cls, modalities: Sequence[str], hparams: Any = None) -> List[Stage]:
@@ -88,7 +87,10 @@ class UMT(Method):
 
     @torch.no_grad()
     def teacher_features(self, inputs: Mapping[str, Tensor]) -> dict:
-        """Modality -> (B, D_m) teacher feature, pooled as the model pools its own."""
+        """Modality -> (B, D_m) teacher feature, pooled as the model pools its own; the
+        teachers always run in eval mode, whatever mode a loop restored on them (set here
+        rather than at construction, where Lightning would warn of modules in eval mode)."""
+        self.teachers.eval()
         return {m: self.model._feature(m, self.teachers[m](inputs[m]), inputs[m]) for m in self.model.modalities}
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
