@@ -18,7 +18,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("ddp_train_worker.py")
-METHODS = ["ogm", "ogm_ge", "agm", "mlb", "pmr", "mslr", "mcr"]
+METHODS = ["ogm", "ogm_ge", "agm", "mlb", "pmr", "mslr", "mcr", "mbsd", "umt"]  # umt: its frozen teachers too
 RESUMED = ["mcr"]  # permutations and dropout from torch's global stream, balancing state across ranks
 
 

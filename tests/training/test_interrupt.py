@@ -22,7 +22,8 @@ ARGS = ["data.n=1000", "data.dim=16", "data.batch_size=16", "model.feature_dim=8
 # method -> file whose appearance means "far enough in to kill"
 CASES = {"joint": "checkpoints/last.ckpt", "mcr": "checkpoints/last.ckpt", "agm": "checkpoints/last.ckpt",
          "pmr": "checkpoints/last.ckpt", "mslr": "checkpoints/last.ckpt",
-         "ensemble": "stages/unimodal_x2/checkpoints/last.ckpt"}
+         "ensemble": "stages/unimodal_x2/checkpoints/last.ckpt",
+         "umt": "checkpoints/last.ckpt"}  # killed after its stages: the resume restores the teachers too
 
 
 def _cmd(method, out, *extra):
