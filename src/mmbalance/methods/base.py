@@ -166,6 +166,15 @@ class Method(nn.Module):
         """Called after each training epoch; returns values to log."""
         return {}
 
+    def on_epoch_pass(self, epoch: int, passes: Any) -> Dict[str, float]:
+        """Called after each training epoch (after its validation, before :meth:`on_epoch_end`
+        and the epoch's checkpoint) with ``passes``, a
+        :class:`mmbalance.training.passes.EpochPasses`: lazy passes over the ``train`` split and
+        the run's ``val`` split (never test) in eval mode under no_grad, each rank over its
+        shard, results reduced over DDP ranks (``passes.losses(split)``, ``passes.collect``).
+        Nothing is read unless the method asks; returns values to log."""
+        return {}
+
     def on_validation_batch(self, out: ModelOutput, labels: Tensor) -> None:
         """Sees each validation batch's output (for methods that keep their own statistics)."""
 
