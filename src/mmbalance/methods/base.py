@@ -182,6 +182,20 @@ class Method(nn.Module):
         """Called with the validation metrics of each epoch; returns values to log."""
         return {}
 
+    def combine_gradients(self, loss: LossTerms, gradient: Any) -> Optional[Dict[nn.Parameter, Tensor]]:
+        """Replaces the step's one backward of ``loss.total`` by gradients the method builds
+        from separate per-term gradients (MMPareto's Pareto integration; AMCo).
+
+        ``gradient(term, params)`` returns ``d term / d params`` as a list of tensors (zeros
+        where ``term`` does not reach a parameter), averaged over DDP ranks, so every rank
+        combines the gradients of the whole global batch and decides alike. Return
+        parameter -> gradient for the parameters whose gradient the method sets; every other
+        trainable parameter gets the gradient of ``loss.total``. The loop writes all of them
+        through its own backward (precision scaling, DDP), then calls :meth:`after_backward`.
+        Default ``None``: one ordinary backward of ``loss.total``.
+        """
+        return None
+
     # -- helpers for subclasses -------------------------------------------------
     def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy for classification; for regression (``num_classes == 1``) the batch
