@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,12 @@ from .lazy import placeholder, realize
 
 #: how a (B, T, D) encoder output becomes (B, D) features (``sequence_pool``)
 POOLS = ("mean", "max", "first", "last")
+#: where :meth:`MultimodalModel.forward_dropped` removes a modality: its encoder's (B, D_m)
+#: feature is zeroed before fusion, or its raw input is zeroed before the encoder
+DROPS = ("feature", "input")
+#: what names the modalities a sample keeps: a (B, M) bool tensor in the model's modality
+#: order, a mapping modality -> (B,) bool tensor or bool (absent: kept), or the names kept
+Keep = Union[Tensor, Mapping[str, Union[Tensor, bool]], Collection[str]]
 
 
 def _heads(num_classes: int, dims: Dict[str, int]) -> nn.ModuleDict:
@@ -31,6 +37,14 @@ def _pool(h: Tensor, how: str) -> Tensor:
     if how == "max":
         return h.amax(1)
     return h[:, 0] if how == "first" else h[:, -1]
+
+
+def _batch_size(inputs: Mapping[str, Any], modalities: List[str]) -> int:
+    for m in modalities:
+        x = inputs.get(m)
+        if isinstance(x, Tensor) and x.dim() > 0:
+            return int(x.shape[0])
+    raise ConfigError("cannot tell the batch size: no modality's input is a tensor; pass a (B, M) keep mask")
 
 
 class MultimodalModel(nn.Module):
@@ -187,6 +201,89 @@ class MultimodalModel(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
         features = self.encode(inputs)
+        unimodal = {m: self.heads[m](features[m]) for m in self.modalities}
+        return ModelOutput(logits=self.fuse(features), unimodal_logits=unimodal, features=features)
+
+    # -------------------------------------------------------- dropped modalities
+    def keep_mask(self, keep: Keep, batch_size: int, device: Optional[torch.device] = None) -> Tensor:
+        """(B, M) bool, True where sample i keeps modality m (columns in ``self.modalities``
+        order), from any form of :data:`Keep`."""
+        M = len(self.modalities)
+        if isinstance(keep, Tensor):
+            if keep.shape != (batch_size, M):
+                raise ValueError(f"keep mask has shape {tuple(keep.shape)}; expected ({batch_size}, {M}) "
+                                 f"for modalities {self.modalities}")
+            return keep.to(device=device, dtype=torch.bool)
+        if isinstance(keep, str):
+            keep = [keep]
+        unknown = [m for m in keep if m not in self.modalities]
+        if unknown:
+            raise KeyError(f"keep names modality {unknown[0]!r}; the model has {self.modalities}")
+        columns = []
+        for m in self.modalities:
+            k = keep.get(m, True) if isinstance(keep, Mapping) else m in keep
+            k = torch.as_tensor(k, device=device).to(torch.bool)
+            columns.append(k.expand(batch_size) if k.dim() == 0 else k.reshape(batch_size))
+        return torch.stack(columns, 1)
+
+    def drop_features(self, features: Mapping[str, Tensor], keep: Keep, scale: float = 1.0) -> Dict[str, Tensor]:
+        """Modality -> (B, D_m) features with those of dropped (sample, modality) pairs set
+        to zero, every feature then multiplied by ``scale`` (OPM's ``1/(1 - theta)``; the
+        gradient is scaled alike). No gradient reaches a dropped feature. For ``concat_linear``
+        the fused logits of the result are the full logits minus each dropped modality's
+        ``z_m W_m^T`` (the bias is kept)."""
+        batch = next(iter(features.values())).shape[0]
+        mask = self.keep_mask(keep, batch, next(iter(features.values())).device)
+        out = {}
+        for j, m in enumerate(self.modalities):
+            z = features[m]
+            z = torch.where(mask[:, j:j + 1], z, torch.zeros((), dtype=z.dtype, device=z.device))
+            out[m] = z * scale if scale != 1.0 else z
+        return out
+
+    def drop_inputs(self, inputs: Mapping[str, Any], keep: Keep) -> Dict[str, Any]:
+        """Modality -> raw input with the rows of dropped (sample, modality) pairs zeroed (a
+        modality kept by every sample is passed through untouched)."""
+        batch = keep.shape[0] if isinstance(keep, Tensor) else _batch_size(inputs, self.modalities)
+        first = next((x for x in inputs.values() if isinstance(x, Tensor)), None)
+        mask = self.keep_mask(keep, batch, first.device if first is not None else None)
+        out = dict(inputs)
+        for j, m in enumerate(self.modalities):
+            if bool(mask[:, j].all()):
+                continue
+            x = inputs[m]
+            if not isinstance(x, Tensor):
+                raise ConfigError(f"cannot zero the input of modality {m!r}: it is a {type(x).__name__}, "
+                                  "not a tensor; drop its feature instead (how='feature')")
+            k = mask[:, j].reshape((batch,) + (1,) * (x.dim() - 1))
+            out[m] = torch.where(k, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return out
+
+    def forward_dropped(self, inputs: Mapping[str, Any], keep: Keep, how: str = "feature",
+                        scale: float = 1.0) -> ModelOutput:
+        """The model's output with modalities removed per sample: the one path every method
+        and diagnostic uses to drop a modality.
+
+        Args:
+            inputs: modality -> (B, ...) raw input, as for :meth:`forward`.
+            keep: what each sample keeps (:data:`Keep`): (B, M) bool, a mapping, or names.
+            how: ``feature`` zeroes a dropped modality's (B, D_m) encoder feature before
+                fusion (:meth:`drop_features`); ``input`` zeroes its raw input before the
+                encoder (:meth:`drop_inputs`), so the encoder's response to zeros (its biases,
+                its normalization) still reaches the fusion.
+            scale: multiplies every feature before fusion (OPM's ``1/(1 - theta)``).
+
+        Returns:
+            ModelOutput whose ``features`` are the ones fused (dropped, scaled) and whose
+            ``unimodal_logits`` are each head on those features.
+        """
+        if how not in DROPS:
+            raise ConfigError(f"unknown drop {how!r}; valid: {', '.join(DROPS)}")
+        if how == "input":
+            features = self.encode(self.drop_inputs(inputs, keep))
+            features = {m: z * scale for m, z in features.items()} if scale != 1.0 else features
+        else:
+            features = self.drop_features(self.encode(inputs), keep, scale)
         unimodal = {m: self.heads[m](features[m]) for m in self.modalities}
         return ModelOutput(logits=self.fuse(features), unimodal_logits=unimodal, features=features)
 
