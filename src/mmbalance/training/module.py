@@ -26,6 +26,7 @@ from ..engine.step import BALANCE, GRAD, GRAD_SHARE
 from ..errors import ConfigError, NonFiniteLossError
 from ..methods import Method
 from ..types import Batch, LossTerms
+from .passes import EpochPasses
 
 
 def _metrics(task: str, num_classes: int) -> MetricCollection:
@@ -186,9 +187,23 @@ class BalanceModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._in_epoch = False
+        self._log_hook(self.method.on_epoch_pass(self.current_epoch, self.epoch_passes()))
         self._log_hook(self.method.on_epoch_end(self.current_epoch))
         self.log("nonfinite_steps", float(self.nonfinite_steps))
         self.lr_schedulers().step()  # manual optimization: Lightning leaves the schedule to us
+
+    def epoch_passes(self) -> EpochPasses:
+        """Lazy passes over this fit's training split and its validation split (the loaders
+        ``fit`` was given; the test split is never one of them), in eval mode under no_grad,
+        each rank over its shard, under the run's precision (:mod:`.passes`)."""
+        trainer = self.trainer
+        train = trainer.train_dataloader
+        val = trainer.val_dataloaders
+        val = val[0] if isinstance(val, (list, tuple)) and val else val
+        datasets = {"train": getattr(train, "dataset", None), "val": getattr(val, "dataset", None)}
+        collate = getattr(train, "collate_fn", None)
+        return EpochPasses(self.method, datasets, self.cfg.data.batch_size, collate, device=self.device,
+                           context=trainer.precision_plugin.forward_context)
 
     def _log_hook(self, values: Dict[str, float]) -> None:
         for name, value in values.items():
