@@ -2,6 +2,8 @@
 
 ``zero_grad`` -> ``method(inputs)`` -> ``method.training_loss`` -> finiteness check ->
 backward -> ``method.after_backward()`` -> gradient clipping -> ``optimizer.step()``.
+A method that builds its gradient from separate per-term gradients (``Method.combine_gradients``)
+replaces the backward by :func:`combined_backward`.
 The Lightning module (``training/module.py``) and the speed benchmark both call
 :func:`train_step`; Lightning only passes its own ``backward`` (precision scaling, DDP)
 and its optimizer wrapper.
@@ -10,10 +12,10 @@ and its optimizer wrapper.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import NonFiniteLossError
 from ..types import Batch, LossTerms
@@ -54,6 +56,58 @@ def term_grad_norms(method, loss: LossTerms) -> Dict[str, float]:
         total = sum(terms.values())
         out.update({f"{GRAD_SHARE}{name}/{m}": v / total if total > 0 else 0.0 for name, v in terms.items()})
     return out
+
+
+def _mean_over_ranks(grads: List[Tensor]) -> List[Tensor]:
+    """``grads`` averaged over the DDP ranks in one all-reduce (themselves when not distributed)."""
+    dist = torch.distributed
+    if not (grads and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return grads
+    flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    out, i = [], 0
+    for g in grads:
+        out.append(flat[i:i + g.numel()].view_as(g).to(g.dtype))
+        i += g.numel()
+    return out
+
+
+def term_gradient(term: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
+    """``d term / d params`` (zeros where ``term`` does not reach a parameter), keeping the
+    graph for further terms, averaged over DDP ranks: the ``gradient`` that
+    ``Method.combine_gradients`` receives. ``torch.autograd.grad`` fills no ``.grad`` and fires
+    no DDP reducer hook, so it can run any number of times before the one backward."""
+    params = list(params)
+    if not term.requires_grad:
+        return [torch.zeros_like(p) for p in params]
+    grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+    return _mean_over_ranks([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+
+
+def combined_backward(method, loss: LossTerms, grads: Mapping[nn.Parameter, Tensor],
+                      backward: Callable[[Tensor], None]) -> None:
+    """Writes the gradients a method combined (``grads``), and ``d loss.total / d p`` for every
+    other trainable parameter that the total reaches, through ONE call of ``backward`` on
+    the surrogate ``sum_p <p, g_p>`` (``g_p`` constant), whose gradient is exactly ``g_p``.
+
+    Going through the loop's own backward keeps what it adds: a precision plugin's loss
+    scaling (the scaled ``g_p`` are unscaled by the optimizer step like any gradient) and, under
+    DDP, Lightning's ``prepare_for_backward`` and the reducer's all-reduce. The combined ``g_p``
+    are already identical on every rank (built from rank-averaged term gradients), so the
+    reducer's mean leaves them as they are; the other parameters' local gradients are averaged
+    as in an ordinary step. A parameter the total does not reach keeps ``grad=None``.
+    """
+    mine = {id(p) for p in grads}
+    rest = [p for p in method.parameters() if p.requires_grad and id(p) not in mine]
+    pairs = list(grads.items())
+    if rest and loss.total.requires_grad:
+        rest_grads = torch.autograd.grad(loss.total, rest, allow_unused=True)
+        pairs += [(p, g) for p, g in zip(rest, rest_grads) if g is not None]
+    if not pairs:
+        return
+    surrogate = sum((p * g.detach().to(p.dtype)).sum() for p, g in pairs)
+    backward(surrogate)
 
 
 def raise_nonfinite(loss: LossTerms) -> None:
@@ -100,7 +154,11 @@ def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[
     if grad_norms:
         loss.logs.update(term_grad_norms(method, loss))
     with region("step/backward"):
-        (backward or Tensor.backward)(loss.total)
+        grads = method.combine_gradients(loss, term_gradient)
+        if grads is None:
+            (backward or Tensor.backward)(loss.total)
+        else:
+            combined_backward(method, loss, grads, backward or Tensor.backward)
     with region("step/after_backward"):
         loss.logs.update({BALANCE + k: float(v) for k, v in method.after_backward().items()})
     if clip is not None:
