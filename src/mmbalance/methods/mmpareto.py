@@ -78,7 +78,10 @@ class MMPareto(Method):
           ``|g_sum| / |new|`` when that exceeds 1, times gamma; the heads keep the summed
           loss's gradient (:187-188);
         - SGD lr 2e-3, momentum 0.9, weight decay 1e-4, StepLR(30, 0.1), batch 64, 50 epochs
-          (:27-34, :296, :301): use ``optim.name=sgd`` for the published setting.
+          (:27-34, :296, :301): use ``optim.name=sgd`` for the published setting. Under Adam
+          (the default here) a step whose encoders all agree (cosine > 0, ratio 1) gets
+          ``gamma (g_mm + g_uni)``, which Adam's per-parameter normalization turns into
+          ``multiloss``'s update: the method then acts only through conflicting steps.
 
         Departures: encoders and heads are found by the model's structure, not by the
         substrings ``audio``/``visual``/``head`` of parameter names; a tensor whose combined
@@ -88,7 +91,8 @@ class MMPareto(Method):
         ``alpha`` (= gamma) 1.5 (ResNet CREMA-D), 2.0 (ViT), 0.5 (AVE ResNet), 3.0 (AVE ViT);
         gamma is searched uniformly over [0.5, 3]. The official code has two modalities; more
         follow its per-encoder rule, as the MCR authors' ``Bias_Infusion_MMPareto_3d`` does.
-        Cost: M + 2 gradient passes per step, and under DDP one all-reduce per term.
+        Cost: M + 2 gradient passes per step, and under DDP one all-reduce per term. The
+        paper's own statement of the magnitude rule was not checked against the code.
     """
 
     name = "mmpareto"
