@@ -81,7 +81,8 @@ class MMPareto(Method):
           (:27-34, :296, :301): use ``optim.name=sgd`` for the published setting. Under Adam
           (the default here) a step whose encoders all agree (cosine > 0, ratio 1) gets
           ``gamma (g_mm + g_uni)``, which Adam's per-parameter normalization turns into
-          ``multiloss``'s update: the method then acts only through conflicting steps.
+          ``multiloss``'s update up to Adam's eps: the method then acts through conflicting
+          steps only.
 
         Departures: encoders and heads are found by the model's structure, not by the
         substrings ``audio``/``visual``/``head`` of parameter names; a tensor whose combined
