@@ -24,6 +24,7 @@ from .mbsd import MBSD  # noqa: E402
 from .umt import UMT  # noqa: E402
 from .ume import UME  # noqa: E402
 from .opm import OPM  # noqa: E402
+from .cml import CML  # noqa: E402
 from .mmpareto import MMPareto  # noqa: E402
 
 
