@@ -188,7 +188,8 @@ def test_two_rank_passes_reduce_sums_and_gather_rows(tmp_path):
     try:
         import worker  # noqa: F401  (the toy method and data)
         g = torch.Generator().manual_seed(1)
-        xa, xb, y = torch.randn(11, 3, generator=g), torch.randn(11, 2, generator=g), torch.randint(0, 4, (11,), generator=g)
+        xa, xb = torch.randn(11, 3, generator=g), torch.randn(11, 2, generator=g)
+        y = torch.randint(0, 4, (11,), generator=g)
         toy = worker.Method()
         with torch.no_grad():
             out = toy({"a": xa, "b": xb})
