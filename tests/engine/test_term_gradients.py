@@ -101,6 +101,7 @@ def test_term_gradient_zeros_where_a_term_does_not_reach():
     v = list(model.modality_parameters("v"))
     assert all(torch.equal(g, torch.zeros_like(p)) for g, p in zip(term_gradient(loss.terms["unimodal/a"], v), v))
     assert all(torch.equal(g, torch.zeros_like(p)) for g, p in zip(term_gradient(torch.tensor(1.0), v), v))
+    assert term_gradient(loss.terms["task"], []) == []
 
 
 def _rank(rank, world, port, path):

@@ -79,6 +79,8 @@ def term_gradient(term: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
     ``Method.combine_gradients`` receives. ``torch.autograd.grad`` fills no ``.grad`` and fires
     no DDP reducer hook, so it can run any number of times before the one backward."""
     params = list(params)
+    if not params:
+        return []
     if not term.requires_grad:
         return [torch.zeros_like(p) for p in params]
     grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
