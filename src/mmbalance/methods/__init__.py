@@ -26,6 +26,7 @@ from .ume import UME  # noqa: E402
 from .opm import OPM  # noqa: E402
 from .cml import CML  # noqa: E402
 from .mmpareto import MMPareto  # noqa: E402
+from .gblending import GBlending  # noqa: E402
 
 
 def get_method(name: str) -> Type[Method]:
