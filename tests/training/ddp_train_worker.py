@@ -34,6 +34,9 @@ TINY = {"data.n": 300, "data.dim": 16, "data.latent_dim": 4, "data.batch_size": 
         "trainer.accelerator": "cpu", "trainer.devices": 2, "trainer.strategy": "ddp"}
 # 210 training rows: 105 a rank, 7 batches of 16 a rank and epoch; dropout draws from torch's global stream
 RESUME = {**TINY, "trainer.max_epochs": 2, "model.dropout": 0.2}
+#: per-method settings that make the method act within these short runs (opm modulates from
+#: epoch 6 by default and on 70% of batches; gblending records its losses every 10 epochs)
+EXTRA = {"opm": {"method.start_epoch": 0, "method.p_exe": 1.0}, "gblending": {"method.super_epoch": 1}}
 STOP = 10  # the stop request, as batch 4 of 7 of epoch 1 begins: last.ckpt holds step 11, 4 batches in
 
 
@@ -70,7 +73,7 @@ class StopAt(Callback):
 
 
 def resume_case(method: str, out: Path) -> None:
-    cfg = build_config(method, "synthetic", RESUME, get_method(method).Hyperparameters)
+    cfg = build_config(method, "synthetic", {**RESUME, **EXTRA.get(method, {})}, get_method(method).Hyperparameters)
     train(cfg, out / "ref", callbacks=[RankOneDraws(), SaveRank(out / "ref")])
     try:
         train(cfg, out / "cut", callbacks=[RankOneDraws(), StopAt(STOP)])
@@ -87,7 +90,7 @@ if __name__ == "__main__":
     root, names = Path(sys.argv[1]), sys.argv[2:]
     resumed = names[names.index("--resume") + 1:] if "--resume" in names else []
     for method in names[:len(names) - len(resumed) - bool(resumed)]:
-        cfg = build_config(method, "synthetic", TINY, get_method(method).Hyperparameters)
+        cfg = build_config(method, "synthetic", {**TINY, **EXTRA.get(method, {})}, get_method(method).Hyperparameters)
         out = root / method
         train(cfg, out, callbacks=[SaveRank(out)])
     for method in resumed:

@@ -23,12 +23,16 @@ ARGS = ["data.n=1000", "data.dim=16", "data.batch_size=16", "model.feature_dim=8
 CASES = {"joint": "checkpoints/last.ckpt", "mcr": "checkpoints/last.ckpt", "agm": "checkpoints/last.ckpt",
          "pmr": "checkpoints/last.ckpt", "mslr": "checkpoints/last.ckpt",
          "ensemble": "stages/unimodal_x2/checkpoints/last.ckpt",
-         "umt": "checkpoints/last.ckpt"}  # killed after its stages: the resume restores the teachers too
+         "umt": "checkpoints/last.ckpt",  # killed after its stages: the resume restores the teachers too
+         "cml": "checkpoints/last.ckpt", "opm": "checkpoints/last.ckpt", "gblending": "checkpoints/last.ckpt"}
+#: settings that make a method act within the run (opm modulates from epoch 6 by default;
+#: gblending records its losses every 10 epochs)
+EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"]}
 
 
 def _cmd(method, out, *extra):
     return [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", "--method", method,
-            "--set", *ARGS, "--out", str(out), *extra]
+            "--set", *ARGS, *EXTRA.get(method, []), "--out", str(out), *extra]
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +66,8 @@ def test_sigkill_then_resume_is_identical(tmp_path, method):
         pytest.fail(f"{method} is not registered")
     from mmbalance.config import build_config, parse_set_items
     from mmbalance.training import train
-    cfg = build_config(method, "synthetic", parse_set_items(ARGS), REGISTRY[method].Hyperparameters)
+    cfg = build_config(method, "synthetic", parse_set_items(ARGS + EXTRA.get(method, [])),
+                       REGISTRY[method].Hyperparameters)
     reference = train(cfg, tmp_path / "ref")  # in-process: same code, same seed, same numbers
     out = tmp_path / "cut"
     proc = subprocess.Popen(_cmd(method, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
