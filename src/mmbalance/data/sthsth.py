@@ -137,7 +137,7 @@ class SthSthFrames(Dataset):
         rng = torch.get_rng_state()
         out = {}
         for m, stored in frames.items():
-            torch.set_rng_state(rng)  # the same crop and flip for every modality
+            torch.set_rng_state(rng)  # the same crop for every modality (no flip: direction is in the label)
             images = [decode_image(stored[j], f"{self.files[m]}: video {video!r} frame {j}") for j in indices]
             out[m] = self.transform(images, self.num_frames)
         return out, torch.tensor(label, dtype=torch.long)
