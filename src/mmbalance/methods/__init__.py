@@ -27,6 +27,7 @@ from .opm import OPM  # noqa: E402
 from .cml import CML  # noqa: E402
 from .mmpareto import MMPareto  # noqa: E402
 from .gblending import GBlending  # noqa: E402
+from .dnr import DnR  # noqa: E402
 from .lfm import LFM  # noqa: E402
 
 
