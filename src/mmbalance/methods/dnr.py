@@ -147,8 +147,12 @@ class DnR(Method):
         The issue and some summaries describe the gap as one between modalities; the official
         code compares each modality's training and validation purity, which is what is done here.
         BalanceBenchmark (``ReLearning``) uses move_lambda 3, reinit_epoch 15, reinit_num 2 and
-        its test split as validation; the MCR authors' re-implementation reads the visual
-        features for its "val_audio" purity.
+        its test split as validation. The MCR authors' re-implementation (kkontras/MCR
+        agents/general_agent/helpers/Bias_Infusion.py, ``Bias_Infusion_DnR``) names
+        ``move_lambda`` ``alpha`` and ``reinit_num`` ``kmepoch``, runs k-means with ``n_init=10``,
+        moves every parameter whose name holds ``mod0``/``enc_0``/``fc_0`` (and ``..1``) back, so
+        more than the encoders where ``fc_*`` are heads, and reads the visual features for
+        its "val_audio" purity (``reinit_score``); none of that is copied here.
     """
 
     name = "dnr"
