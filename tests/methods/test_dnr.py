@@ -2,7 +2,8 @@
 soft re-initialisation of every encoder of a three-modality model against the formula from
 purities counted by hand, the schedule (nothing off it, nothing after ``reinit_num``), the
 initial copy through a weights-only checkpoint and from unimodal stages, refusals, the search
-space, and ``mmbalance train`` on synthetic data (the run's checkpoint holds the initial copy)."""
+space, the test-split guard with the diagnosis running, and ``mmbalance train`` on synthetic data (the
+run's checkpoint holds the initial copy) and on a three-modality .npz (a resumed run ends alike)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -258,3 +260,28 @@ def test_the_diagnosis_reads_train_and_val_but_never_test(guards, tmp_path):
     assert metrics["epochs_run"] == 2
     rows = list(csv.DictReader(io.StringIO(Path(tmp_path, "dnr/logs/version_0/metrics.csv").read_text())))
     assert any(r.get("balance/purity_val/x2") for r in rows)
+
+
+def test_trains_on_a_three_modality_npz_and_a_resumed_run_ends_alike(tmp_path):
+    """3 epochs whole, or 2 then ``--resume`` to 3: re-initialised after epochs 1 and 2 either way,
+    the same weights and initial copy at the end."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    label = np.arange(90) % 3
+    arrays = {m: (rng.normal(size=(90, d)) + label[:, None] * 0.5).astype(np.float32)
+              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
+    np.savez(tmp_path / "three.npz", label=label, **arrays)
+    args = ["train", "--data", str(tmp_path / "three.npz"), "--method", "dnr", "--set", "trainer.progress=false",
+            "model.hidden=8", "model.feature_dim=4", "method.reinit_epoch=1"]
+    assert main(args + ["trainer.max_epochs=3", "--out", str(tmp_path / "whole")]) == 0
+    assert main(args + ["trainer.max_epochs=2", "--out", str(tmp_path / "part")]) == 0
+    assert main(args + ["trainer.max_epochs=3", "--out", str(tmp_path / "part"), "--resume"]) == 0
+
+    def state(run):
+        return torch.load(tmp_path / run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+
+    whole, resumed = state("whole"), state("part")
+    assert int(whole["method.reinits"]) == 2 and whole["method._extra_state"].numel() > 0
+    assert whole.keys() == resumed.keys()
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key
