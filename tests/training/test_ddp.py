@@ -20,7 +20,7 @@ import torch
 WORKER = Path(__file__).with_name("ddp_train_worker.py")
 METHODS = ["ogm", "ogm_ge", "agm", "mlb", "pmr", "mslr", "mcr", "mbsd", "umt",  # umt: its frozen teachers too
            "mmpareto",  # per-term gradients averaged over ranks, then combined (Method.combine_gradients)
-           "cml", "opm", "gblending"]  # opm's masks and gblending's epoch pass (worker's EXTRA: both act)
+           "cml", "opm", "gblending", "lfm", "dnr"]  # opm's masks and gblending's epoch pass (worker's EXTRA: both act)
 RESUMED = ["mcr", "mmpareto"]  # mcr: permutations and dropout from torch's global stream, balancing state
 # across ranks; mmpareto: the combined-gradient path through Lightning's manual backward
 

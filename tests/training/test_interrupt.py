@@ -24,10 +24,12 @@ CASES = {"joint": "checkpoints/last.ckpt", "mcr": "checkpoints/last.ckpt", "agm"
          "pmr": "checkpoints/last.ckpt", "mslr": "checkpoints/last.ckpt",
          "ensemble": "stages/unimodal_x2/checkpoints/last.ckpt",
          "umt": "checkpoints/last.ckpt",  # killed after its stages: the resume restores the teachers too
-         "cml": "checkpoints/last.ckpt", "opm": "checkpoints/last.ckpt", "gblending": "checkpoints/last.ckpt"}
+         "cml": "checkpoints/last.ckpt", "opm": "checkpoints/last.ckpt", "gblending": "checkpoints/last.ckpt",
+         "lfm": "checkpoints/last.ckpt", "dnr": "checkpoints/last.ckpt"}
 #: settings that make a method act within the run (opm modulates from epoch 6 by default;
 #: gblending records its losses every 10 epochs)
-EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"]}
+EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"],
+         "lfm": ["method.weighting=learned", "method.lr_alpha=10"], "dnr": ["method.reinit_epoch=1"]}
 
 
 def _cmd(method, out, *extra):
