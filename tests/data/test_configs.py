@@ -20,8 +20,13 @@ YAMLS = sorted(p for d in REAL for p in (CONFIGS / d).glob("*.yaml"))
 
 
 def test_every_dataset_has_every_method():
+    """Every paper method has a config on every data set; a config beyond them (a method of
+    issue 24 whose authors' scripts give per-dataset values: dnr, mmpareto) names a registered
+    method."""
     for dataset in REAL:
-        assert {p.stem for p in (CONFIGS / dataset).glob("*.yaml")} == set(PAPER_METHODS), dataset
+        stems = {p.stem for p in (CONFIGS / dataset).glob("*.yaml")}
+        assert set(PAPER_METHODS) <= stems, dataset
+        assert stems - set(PAPER_METHODS) <= set(REGISTRY), dataset
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: f"{p.parent.name}/{p.stem}")
