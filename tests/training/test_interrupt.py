@@ -25,7 +25,8 @@ CASES = {"joint": "checkpoints/last.ckpt", "mcr": "checkpoints/last.ckpt", "agm"
          "ensemble": "stages/unimodal_x2/checkpoints/last.ckpt",
          "umt": "checkpoints/last.ckpt",  # killed after its stages: the resume restores the teachers too
          "cml": "checkpoints/last.ckpt", "opm": "checkpoints/last.ckpt", "gblending": "checkpoints/last.ckpt",
-         "lfm": "checkpoints/last.ckpt", "dnr": "checkpoints/last.ckpt"}
+         "lfm": "checkpoints/last.ckpt", "dnr": "checkpoints/last.ckpt", "mbsd": "checkpoints/last.ckpt",
+         "mmpareto": "checkpoints/last.ckpt", "ume": "stages/unimodal_x2/checkpoints/last.ckpt"}
 #: settings that make a method act within the run (opm modulates from epoch 6 by default;
 #: gblending records its losses every 10 epochs)
 EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"],
