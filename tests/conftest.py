@@ -29,6 +29,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.numerics)
 
 
+def three_modality_npz(path, signal=(0.5, 0.5, 0.5)):
+    """A user's 3-modality ``.npz`` (audio 4-d, video 3-d, text 5-d; 90 rows, 3 classes): each
+    modality is noise plus ``signal[i]`` times the label, so every one carries it."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = 90
+    label = np.arange(n) % 3
+    arrays = {m: (rng.normal(size=(n, d)) + label[:, None] * s).astype(np.float32)
+              for (m, d), s in zip((("audio", 4), ("video", 3), ("text", 5)), signal)}
+    np.savez(path, label=label, **arrays)
+    return path
+
+
 def tiny_config(method: str, **overrides):
     """A run configuration for ``method`` on a 300-point synthetic set; ``overrides`` use
     ``__`` for dots (``trainer__max_epochs=1``)."""

@@ -21,6 +21,8 @@ from mmbalance.methods.hparams import log_uniform, searched
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
+from ..conftest import three_modality_npz as _three_modality_npz
+
 NAMES = ("a", "v", "t")
 IN = {"a": 3, "v": 4, "t": 2}
 D = {"a": 3, "v": 2, "t": 4}
@@ -178,16 +180,6 @@ def test_defaults_search_space_and_refusals():
     with pytest.raises(ConfigError, match="method 'cml' needs classification"):
         CML(_model(classes=1))
     CML(MultimodalModel({m: MLPEncoder(IN[m], D[m]) for m in NAMES}, 3, fusion="gated"))  # any fusion
-
-
-def _three_modality_npz(path):
-    rng = np.random.default_rng(0)
-    n = 90
-    label = np.arange(n) % 3
-    arrays = {m: (rng.normal(size=(n, d)) + label[:, None] * 0.5).astype(np.float32)
-              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
-    np.savez(path, label=label, **arrays)
-    return path
 
 
 def test_trains_on_three_modalities_and_resumes(tmp_path):

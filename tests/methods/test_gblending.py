@@ -27,6 +27,8 @@ from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.training.passes import SplitLosses
 from mmbalance.types import Batch
 
+from ..conftest import three_modality_npz as _three_modality_npz
+
 NAMES = ("a", "v", "t")
 DIMS = (5, 3, 4)
 C = 3
@@ -151,16 +153,6 @@ def test_refusals_and_search_space():
                                                            "method.super_epoch": 2}))
     assert space == {"optim.lr": 1e-3, "method.mode": "offline", "method.super_epoch": 2}
     assert get_method("gblending") is GBlending
-
-
-def _three_modality_npz(path):
-    rng = np.random.default_rng(0)
-    n = 90
-    label = np.arange(n) % 3
-    arrays = {m: (rng.normal(size=(n, d)) + label[:, None] * 0.5).astype(np.float32)
-              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
-    np.savez(path, label=label, **arrays)
-    return path
 
 
 def _state(run):

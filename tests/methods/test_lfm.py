@@ -28,7 +28,7 @@ from mmbalance.methods.lfm import LFM, heuristic_cls_weight
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
-from ..conftest import tiny_config
+from ..conftest import three_modality_npz as _three_modality_npz, tiny_config
 from .test_test_split_guard import check_test_split_untouched, guards, run_module  # noqa: F401 (fixture)
 
 NAMES = ("a", "v", "t")
@@ -193,16 +193,6 @@ def test_refusals_and_search_space():
     fixed = optuna.trial.FixedTrial({"optim.lr": 1e-3, "method.weighting": "learned", "method.lr_alpha": 1e-3})
     assert LFM.search_space(fixed) == {"optim.lr": 1e-3, "method.weighting": "learned", "method.lr_alpha": 1e-3}
     assert get_method("lfm") is LFM
-
-
-def _three_modality_npz(path):
-    rng = np.random.default_rng(0)
-    n = 90
-    label = np.arange(n) % 3
-    arrays = {m: (rng.normal(size=(n, d)) + label[:, None] * 0.5).astype(np.float32)
-              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
-    np.savez(path, label=label, **arrays)
-    return path
 
 
 def _state(run):

@@ -20,6 +20,8 @@ from mmbalance.methods.pipeline import unimodal_stages
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
+from ..conftest import three_modality_npz as _three_modality_npz
+
 NAMES = ("a", "v", "t")
 DIMS = {"a": 5, "v": 3, "t": 4}
 
@@ -155,16 +157,6 @@ def test_teachers_in_eval_mode_keep_batchnorm_statistics():
     method.training_loss(batch, method(batch.inputs))
     assert all(torch.equal(method.teachers.state_dict()[k], v) for k, v in stats.items())
     assert not torch.equal(method.model.encoders["a"][1].running_mean, stats["a.1.running_mean"])
-
-
-def _three_modality_npz(path):
-    rng = np.random.default_rng(0)
-    n = 90
-    label = np.arange(n) % 3
-    arrays = {m: (rng.normal(size=(n, d)) + label[:, None] * 0.5).astype(np.float32)
-              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
-    np.savez(path, label=label, **arrays)
-    return path
 
 
 def test_trains_on_three_modalities_resumes_and_loads_back(tmp_path):
