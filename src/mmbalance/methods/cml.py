@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, List
 
 import torch
 from torch import Tensor
@@ -11,8 +11,9 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.multimodal import DROPS
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method, register
+from .base import register
 from .hparams import hparam, log_uniform
+from .seeded import SeededMethod
 
 #: ``method.chain``: a removal order per sample and batch (official) or one per epoch (BalanceBenchmark)
 CHAINS = ("sample", "epoch")
@@ -49,7 +50,7 @@ def confidence_hinge(parent: Tensor, child: Tensor, labels: Tensor, epsilon: flo
 
 
 @register
-class CML(Method):
+class CML(SeededMethod):
     """``L = (1/M) sum_{k=0}^{M-1} CE(z_k, y) + rank_weight sum_{k<M-1} sum_i h_i(z_k, z_{k+1})``:
     ``z_0`` is the full model's output and ``z_{k+1}`` the same sample with one more modality
     removed along a random removal chain, ``h`` the per-sample confidence hinge
@@ -105,20 +106,6 @@ class CML(Method):
             if getattr(self.hparams, key) not in valid:
                 raise ConfigError(f"method 'cml': method.{key} {getattr(self.hparams, key)!r} is unknown; "
                                   f"valid: {', '.join(valid)}")
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.seed = torch.initial_seed() % (2**31)  # the run seed: the same on every DDP rank
-        self.epoch = 0
-
-    def on_epoch_start(self, epoch: int, train_loader=None) -> Dict[str, float]:
-        self.epoch = epoch
-        return {}
-
-    def get_extra_state(self) -> Dict[str, Any]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def set_extra_state(self, state: Optional[Dict[str, Any]]) -> None:
-        if state:
-            self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
     def removal_order(self, batch_size: int) -> Tensor:
         """(B, M) long: row i lists modality indices in the order sample i loses them."""

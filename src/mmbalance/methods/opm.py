@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method, register
+from .base import register
 from .hparams import hparam, uniform
+from .seeded import SeededMethod
 
 
 def opm_drop_probabilities(scores: Tensor, q_base: float, lam: float) -> Tensor:
@@ -43,7 +44,7 @@ def opm_theta(q: Tensor, dims: Tensor) -> Tensor:
 
 
 @register
-class OPM(Method):
+class OPM(SeededMethod):
     """``L = CE(f_c(z * mask / (1 - theta))[kept], y[kept])``: with probability ``p_exe`` per
     batch, each sample's feature of modality m is dropped with probability ``q_m``
     (:func:`opm_drop_probabilities`), the features that remain are scaled by ``1/(1 - theta)``
@@ -95,21 +96,7 @@ class OPM(Method):
 
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("drop_probabilities", torch.zeros(len(model.modalities)))
-        self.seed = torch.initial_seed() % (2**31)  # the run seed: the same on every DDP rank
-        self.epoch = 0
-
-    def on_epoch_start(self, epoch: int, train_loader=None) -> Dict[str, float]:
-        self.epoch = epoch
-        return {}
-
-    def get_extra_state(self) -> Dict[str, Any]:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def set_extra_state(self, state: Optional[Dict[str, Any]]) -> None:
-        if state:
-            self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
     def modulating(self) -> bool:
         end = self.hparams.end_epoch
