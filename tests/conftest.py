@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import pytest
+import torch
 
 from mmbalance.config import build_config
 from mmbalance.methods import get_method
@@ -58,6 +59,17 @@ def _check_cache(tmp_path_factory):
     mp.setenv("MMBALANCE_CACHE_DIR", str(tmp_path_factory.mktemp("mmbalance-check-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, restored after it: tiny tensors run fastest on one
+    thread, and a bit-for-bit comparison with a subprocess needs the same thread count on
+    both sides (a thread count can change how a float sum is split)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

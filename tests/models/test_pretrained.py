@@ -15,12 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -39,17 +39,14 @@ def _cmd(method, out, *extra):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """One intra-op thread here and in every training subprocess (``_env``). These tests
     compare a run trained partly in another process with one trained in this process, bit
     for bit, so both must run the same kernels: the same ATEN_CPU_CAPABILITY (inherited)
     and the same thread count, which can change how a float sum is split. Without this a
     child takes OMP_NUM_THREADS or one thread per core (capped at the core count), while
     this process may have been set to another count by a test before."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
 
 
 def _env():
