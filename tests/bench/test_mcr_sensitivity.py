@@ -1,4 +1,4 @@
-"""bench/mcr_sensitivity.py: its grid, its resumable CSV and its aggregation (no training)."""
+"""studies/mcr_sensitivity.py: its grid, its resumable CSV and its aggregation (no training)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from mmbalance.methods.hparams import choice, log_uniform
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "mcr_sensitivity.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "studies" / "mcr_sensitivity.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Device-dependent behaviour that a CPU-only machine cannot see (the mutants of
 docs/testing.md that are equivalent on a CPU). Skipped without CUDA; run on a GPU with
-``bash bench/gpu_check.sh`` (it runs this file first) or ``pytest tests/gpu``."""
+``bash studies/gpu_check.sh`` (it runs this file first) or ``pytest tests/gpu``."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def jensen_shannon_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
 #: On the CPU, :class:`_JensenShannonRows` computes with the classes as the first axis when
 #: there are at most ``CLASSES_FIRST_MAX`` classes and at least ``CLASSES_FIRST_MIN_ROWS``
 #: rows: a softmax or a sum over a short last axis is a slow reduction there, and the
-#: layout's copy costs more than it saves on few rows. ``bench/jsd_layout.py`` (forward and
+#: layout's copy costs more than it saves on few rows. ``studies/jsd_layout.py`` (forward and
 #: backward, 2 x P x 64 rows; docs/performance/small_models/jsd_layout.md) measured, against
 #: the last-axis layout, 0.52-0.77x the time with 2-5 classes at P = 32 or 128, 0.90-0.96x
 #: with 8, 0.94-1.15x with 12, 1.09-1.39x from 16 classes on, and 1.08-1.22x at P = 1.

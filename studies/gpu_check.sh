@@ -10,7 +10,7 @@
 # a GPU yet (give the whole script 10 minutes). Needs a CUDA build of torch (any 2.x); nothing
 # else is downloaded.
 #
-#   bash bench/gpu_check.sh [OUT]          # OUT defaults to runs/bench/speed_gpu
+#   bash studies/gpu_check.sh [OUT]          # OUT defaults to runs/bench/speed_gpu
 #
 # Paste the tests/gpu result line, OUT/speed.md (its first line names the card), the
 # OUT/profile/*.txt heads and OUT/advanced/*/speed.md (docs/performance.md, "The paper's Conformer

@@ -8,7 +8,7 @@ computes the exact Bayes ceilings. One CSV row per run, appended as it finishes;
 skips rows already there. Then it prints, per setting, the four numbers of the criterion in
 ``docs/evidence/regime.md``.
 
-    PYTHONPATH=src .venv/bin/python bench/regime_study.py --setting "" --setting "data.signal1=3" \
+    PYTHONPATH=src .venv/bin/python studies/regime_study.py --setting "" --setting "data.signal1=3" \
         --seeds 0 1 2 --csv docs/evidence/regime_runs.csv
 """
 

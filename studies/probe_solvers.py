@@ -8,7 +8,7 @@ same objective (mean cross-entropy of the standardized features + weight_decay *
 ``scipy.optimize.minimize(method="L-BFGS-B")`` at ``--gtol``, and prints both times and
 objectives and the largest parameter difference.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/probe_solvers.py OUT/runs --limit 4 --gtol 1e-6
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/probe_solvers.py OUT/runs --limit 4 --gtol 1e-6
 """
 
 from __future__ import annotations

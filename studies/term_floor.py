@@ -8,10 +8,10 @@ gradients reach those leaves and the fusion's weights, nothing upstream). ``comp
 each term under ``torch.compile`` (inductor fuses its elementwise work into a few loops), the
 nearest thing measured here to the term's arithmetic alone. The reference is the whole
 multiloss step (forward, loss, backward, foreach Adam), eager and compiled as in
-``bench/step_variants.py``. A term's time over the multiloss step is the least it adds to
+``studies/step_variants.py``. A term's time over the multiloss step is the least it adds to
 MCR's ratio, whatever else gets faster.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/term_floor.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/term_floor.py
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ and the ratio to multiloss under the same variant:
   backward then runs AOTAutograd's compiled graph), foreach Adam; it also prints the
   compile time of the first steps and the number of graph breaks.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/step_variants.py \
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/step_variants.py \
         --methods multiloss mcr_p1 mcr_p32 --variants for_loop foreach fused compiled
 """
 

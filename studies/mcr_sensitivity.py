@@ -11,7 +11,7 @@ seeds against the value, joint's mean as a horizontal line, the default marked; 
 validation accuracy and one for test accuracy. Nothing is chosen from it: it is descriptive
 (docs/evidence/mcr_sensitivity/README.md).
 
-    .venv/bin/python bench/mcr_sensitivity.py --workers 2 \
+    .venv/bin/python studies/mcr_sensitivity.py --workers 2 \
         --csv docs/evidence/mcr_sensitivity/results.csv --plots docs/evidence/mcr_sensitivity
 
 ``--plot-only`` redraws the figures and prints the summary table from the CSV alone.

@@ -6,7 +6,7 @@ It times forward and backward of ``jensen_shannon_rows`` on (2 subsets, P, 64 ro
 perturbed logits against a (64, C) reference, interleaving the two layouts, and prints the
 median microseconds per call and their ratio. One thread.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/jsd_layout.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/jsd_layout.py
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ sources of ``--old`` (a git worktree of that commit) and once with this checkout
 both with this checkout's ``.venv``, and prints the wall seconds and whether the two runs'
 ``summary.md`` files are identical. ``{out}`` in the command is replaced by a fresh folder.
 
-    python bench/ab_commands.py --old 164205c --rounds 2 -- demo --out {out}
-    python bench/ab_commands.py --old 164205c --rounds 2 -- bench synthetic --quick --out {out}
+    python studies/ab_commands.py --old 164205c --rounds 2 -- demo --out {out}
+    python studies/ab_commands.py --old 164205c --rounds 2 -- bench synthetic --quick --out {out}
 """
 
 from __future__ import annotations
