@@ -112,6 +112,12 @@ def test_a_changed_value_fails(tmp_path):
     ("mosi", "joint", "model.regression_loss", "l1"), ("mosei", "mcr", "model.regression_loss", "l1"),
     ("cremad", "ogm", "method.end_epoch", None), ("cremad", "agm", "method.end_epoch", None),
     ("cremad", "pmr", "method.momentum", 0.0), ("cremad", "pmr", "method.alpha", 2.0),
+    ("ucf51", "mmpareto", "method.gamma", 3.0), ("ucf51", "mmpareto", "optim.lr", 1e-3),
+    ("ucf51", "dnr", "method.move_lambda", 5.0), ("ucf51", "dnr", "method.reinit_num", 3),
+    ("mosi", "mmpareto", "method.gamma", 1.0), ("mosei", "mmpareto", "method.gamma", 3.0),
+    ("mosi", "mmpareto", "optim.lr", 1e-4), ("sthsth", "mmpareto", "method.gamma", 3.0),
+    ("sthsth", "dnr", "method.move_lambda", 3.0), ("sthsth", "dnr", "optim.lr", 1e-4),
+    ("cremad", "dnr", "method.reinit_epoch", 20), ("sthsth", "dnr", "method.reinit_epoch", 20),
 ])
 def test_the_authors_departures_are_in_the_configs(dataset, method, key, value):
     assert load_yaml(CONFIGS / dataset / f"{method}.yaml")[key] == value
