@@ -43,12 +43,44 @@ def three_modality_npz(path, signal=(0.5, 0.5, 0.5)):
     return path
 
 
+#: model keys for a method that requires stage-wise encoders (intermediate fusion): ResNet-18 of width 4
+STAGEWISE = {"model.encoder": "resnet18_video", "model.base_width": 4}
+_STAGEWISE_FILES: dict = {}
+
+
+def stagewise_npz() -> str:
+    """A user's ``.npz`` of two image modalities ``x1``, ``x2`` (N=120, 1x12x12, 3 classes;
+    each image is noise plus the label in a corner patch), written once per process, for
+    methods whose models need encoders with stages (ResNet-18); the synthetic set is vectors."""
+    if "path" not in _STAGEWISE_FILES:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import numpy as np
+        folder = Path(tempfile.mkdtemp(prefix="mmbalance-stagewise-"))
+        atexit.register(shutil.rmtree, folder, True)
+        rng = np.random.default_rng(0)
+        label = np.arange(120) % 3
+        arrays = {m: rng.normal(size=(120, 1, 12, 12)).astype(np.float32) for m in ("x1", "x2")}
+        for k, m in enumerate(("x1", "x2")):
+            arrays[m][:, 0, :4, 4 * k:4 * k + 4] += label[:, None, None] * (1.0 - 0.5 * k)
+        np.savez(folder / "stagewise.npz", label=label, **arrays)
+        _STAGEWISE_FILES["path"] = str(folder / "stagewise.npz")
+    return _STAGEWISE_FILES["path"]
+
+
 def tiny_config(method: str, **overrides):
     """A run configuration for ``method`` on a 300-point synthetic set; ``overrides`` use
-    ``__`` for dots (``trainer__max_epochs=1``)."""
-    values = dict(TINY)
+    ``__`` for dots (``trainer__max_epochs=1``). A method that requires stage-wise encoders
+    (``Method.requires``) gets :func:`stagewise_npz` and :data:`STAGEWISE` instead."""
+    values, spec = dict(TINY), "synthetic"
+    if "stagewise_encoders" in get_method(method).requires:
+        values.update(STAGEWISE)
+        spec = stagewise_npz()
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
-    return build_config(method, "synthetic", values, get_method(method).Hyperparameters)
+    return build_config(method, spec, values, get_method(method).Hyperparameters)
 
 
 @pytest.fixture(autouse=True, scope="session")

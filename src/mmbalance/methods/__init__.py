@@ -29,6 +29,7 @@ from .mmpareto import MMPareto  # noqa: E402
 from .gblending import GBlending  # noqa: E402
 from .dnr import DnR  # noqa: E402
 from .lfm import LFM  # noqa: E402
+from .greedy import Greedy  # noqa: E402
 
 
 def get_method(name: str) -> Type[Method]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models import MultimodalModel
+from ..models.multimodal import stagewise
 from ..types import Batch, LossTerms, ModelOutput
 from .hparams import log_uniform, searched
 from .pipeline import Stage, unimodal_stages
@@ -39,6 +40,10 @@ REQUIREMENTS: Dict[str, tuple] = {
     "decomposable_fusion": (lambda model: getattr(model.fusion, "decomposable", False),
                             "a decomposable fusion (each modality's additive share of a linear fusion); "
                             "use model.fusion=concat_linear"),
+    "two_modalities": (lambda model: len(model.modalities) == 2, "exactly two modalities"),
+    "stagewise_encoders": (lambda model: all(stagewise(e) for e in model.encoders.values()),
+                           "encoders that expose their stages for intermediate fusion (ResNet-18: "
+                           "model.encoder=resnet18_audio or resnet18_video)"),
 }
 
 

@@ -39,6 +39,12 @@ def _pool(h: Tensor, how: str) -> Tensor:
     return h[:, 0] if how == "first" else h[:, -1]
 
 
+def stagewise(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` exposes its stages (ResNet-18: stem, layer1..4): ``stages`` (names),
+    ``stage_input(x)``, ``stage(name, h)`` on (B, C, ...) maps and ``readout(h) -> (B, D)``."""
+    return all(hasattr(encoder, a) for a in ("stages", "stage_input", "stage", "readout"))
+
+
 def _batch_size(inputs: Mapping[str, Any], modalities: List[str]) -> int:
     for m in modalities:
         x = inputs.get(m)
@@ -98,6 +104,7 @@ class MultimodalModel(nn.Module):
                 raise ConfigError(f"unknown fusion {fusion!r}; valid: {', '.join(FUSIONS)}")
             kwargs = {} if fusion == "concat_linear" else {"hidden": fusion_hidden}
             build_fusion = partial(_fusion, fusion, num_classes, kwargs)
+        self.stage_fusion: Optional[nn.Module] = None  # set_stage_fusion: intermediate fusion
         build_heads = partial(_heads, num_classes)
         if len(self._declared) == len(self.modalities):
             self.feature_dims = dict(self._declared)
@@ -170,10 +177,35 @@ class MultimodalModel(nn.Module):
         missing = [m for m in self.modalities if m not in inputs]
         if missing:
             raise KeyError(f"inputs lack modalities {missing}; the model expects {self.modalities}")
-        features = {m: self.encode_modality(m, inputs[m]) for m in self.modalities}
+        if self.stage_fusion is not None:
+            features = self._encode_stages(inputs)
+        else:
+            features = {m: self.encode_modality(m, inputs[m]) for m in self.modalities}
         if not self.materialized:
             self._realize({m: int(features[m].shape[-1]) for m in self.modalities})
         return features
+
+    def set_stage_fusion(self, fusion: Optional[nn.Module]) -> None:
+        """Intermediate fusion: :meth:`encode` then runs every encoder stage by stage and, after
+        each stage, ``fusion(stage_name, maps) -> maps`` on modality -> (B, C_m, ...) maps, a
+        module that sees every modality (MMTM, models/mmtm.py). ``None`` restores late fusion.
+        Needs :func:`stagewise` encoders with the same stage names. :meth:`encode_modality`
+        still runs one encoder alone, without the fusion."""
+        if fusion is not None:
+            flat = [f"{m} ({type(e).__name__})" for m, e in self.encoders.items() if not stagewise(e)]
+            if flat:
+                raise ConfigError(f"intermediate fusion needs encoders that expose their stages (resnet18_audio, "
+                                  f"resnet18_video); {', '.join(flat)} do not")
+            if len({tuple(e.stages) for e in self.encoders.values()}) != 1:
+                raise ConfigError("intermediate fusion needs encoders with the same stages; got "
+                                  + "; ".join(f"{m}: {list(e.stages)}" for m, e in self.encoders.items()))
+        self.stage_fusion = fusion
+
+    def _encode_stages(self, inputs: Mapping[str, Any]) -> Dict[str, Tensor]:
+        h = {m: self.encoders[m].stage_input(inputs[m]) for m in self.modalities}
+        for name in self.encoders[self.modalities[0]].stages:
+            h = dict(self.stage_fusion(name, {m: self.encoders[m].stage(name, h[m]) for m in self.modalities}))
+        return {m: self._feature(m, self.encoders[m].readout(h[m]), inputs[m]) for m in self.modalities}
 
     def encode_modality(self, m: str, x: Any) -> Tensor:
         """(B, D_m) features of one modality: its encoder's output, checked, and a (B, T, D)

@@ -63,6 +63,8 @@ class ResNet18(nn.Module):
         self.out_dim = 8 * w
         for i, (c_in, c_out, stride) in enumerate(widths, start=1):
             setattr(self, f"layer{i}", nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out)))
+        #: channels after each stage, for modules that act between stages (MMTM)
+        self.stage_channels = {"stem": w, **{f"layer{i}": c for i, (_, c, _) in enumerate(widths, start=1)}}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -74,10 +76,34 @@ class ResNet18(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    #: the stages :meth:`stage` runs, in order (intermediate fusion: models/multimodal.py)
+    stages = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def feature_maps(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, 8w, ceil(H/32), ceil(W/32)) before pooling (8w = 512)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(self._stem(x)))))
+
+    def stage_input(self, x: Tensor) -> Tensor:
+        """The raw input in the layout :meth:`stage` takes: (B, C, H, W) or (B, C, T, H, W)."""
+        return x
+
+    def stage(self, name: str, h: Tensor) -> Tensor:
+        """Runs one stage of :attr:`stages` on (B, C, ...) maps, the sample axis first and the
+        channel axis second; (B, C, T, H, W) frames go through the 2-D net frame by frame and
+        come back as (B, C', T, H', W')."""
+        module = self._stem if name == "stem" else getattr(self, name)
+        if h.dim() == 5:
+            b, c, t = h.shape[:3]
+            out = module(h.transpose(1, 2).reshape(b * t, c, *h.shape[3:]))
+            return out.reshape(b, t, *out.shape[1:]).transpose(1, 2)
+        return module(h)
+
+    def readout(self, h: Tensor) -> Tensor:
+        """The last stage's (B, 8w, ...) maps -> (B, 8w) features, averaged over every other axis."""
+        return h.flatten(2).mean(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, 512), averaged over space."""
@@ -92,7 +118,11 @@ class ResNet18Audio(ResNet18):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, F, T) or (B, 1, F, T) -> (B, 512)."""
-        return super().forward(x.unsqueeze(1) if x.dim() == 3 else x)
+        return super().forward(self.stage_input(x))
+
+    def stage_input(self, x: Tensor) -> Tensor:
+        """(B, F, T) or (B, 1, F, T) -> (B, 1, F, T)."""
+        return x.unsqueeze(1) if x.dim() == 3 else x
 
 
 class ResNet18Video(ResNet18):
