@@ -113,3 +113,46 @@ def test_one_setting_off_the_grid_gets_a_bar_plot(tmp_path):
     written = write_report(rows, tmp_path)
     assert [p.name for p in written] == ["summary.md", "accuracy.png", "delta_vs_ensemble.png"]
     assert "| method | mfeat |" in (tmp_path / "summary.md").read_text()
+
+
+def test_kind_accuracy_from_a_known_prediction_vector():
+    import numpy as np
+    from mmbalance.bench.scores import kind_accuracy
+    label = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    pred = np.array([0, 1, 0, 0, 2, 2, 1, 1])  # right: 1 1 0 1 0 1 0 1
+    kind = np.array([0, 0, 0, 1, 1, 2, 2, 2])  # shared x3, unique1 x2, unique2 x3, no "none" row
+    assert kind_accuracy(pred, label, kind) == pytest.approx({"shared": 2 / 3, "unique1": 0.5, "unique2": 2 / 3})
+    with pytest.raises(ValueError, match="one length"):
+        kind_accuracy(pred[:3], label, kind)
+
+
+def _scored_row(method, seed, acc, u2, f1, secs, phi):
+    kinds = {"shared": acc, "unique1": acc, "unique2": u2}
+    return {**_row(method, *A, seed, acc), "macro_f1": str(f1), "train_seconds": str(secs),
+            "kind_accuracy": json.dumps(kinds), "shapley": json.dumps({"zero": phi, "permute": phi})}
+
+
+def test_field_sections_by_hand():
+    from mmbalance.bench.report_fields import fields_from_rows, unique2_deficit
+    from mmbalance.bench.report import row_cell
+    rows = [_scored_row("unimodal-x2", s, 0.3, u2, 0.2, 1.0, {"x1": 0.0, "x2": 0.1})
+            for s, u2 in enumerate((0.70, 0.60, 0.65))]
+    rows += [_scored_row("joint", s, 0.8, u2, f1, t, {"x1": p, "x2": 0.05})
+             for s, (u2, f1, t, p) in enumerate(((0.60, 0.70, 2.0, 0.30), (0.50, 0.72, 4.0, 0.40),
+                                                  (0.60, 0.74, 3.0, 0.35)))]
+    fields = fields_from_rows(rows, row_cell)
+    d = unique2_deficit(fields, "joint", A)  # 0.10, 0.10, 0.05
+    assert d.interval.mean == pytest.approx(0.25 / 3) and d.significant
+    assert d.interval.half_width == pytest.approx(T2 * math.sqrt(((1 / 60) ** 2 * 2 + (1 / 30) ** 2) / 2) / math.sqrt(3),
+                                                  rel=1e-5)
+    lines = format_summary(SweepTable.from_rows(rows, ["joint", "unimodal-x2"])).splitlines()
+    sd_f1 = 0.02  # 0.70, 0.72, 0.74
+    assert f"| joint | 72.00 ± {100 * T2 * sd_f1 / math.sqrt(3):.2f} |" in lines
+    assert "| *unimodal-x2 on unique2* | 65.00 ± 12.42 |" in lines  # sd 0.05
+    assert f"| joint | +8.33 ± {100 * d.interval.half_width:.2f} * |" in lines
+    # per-kind table: shared, unique1, unique2, none (no row of kind none)
+    assert "| joint | 80.00 (same in all 3 seeds) | 80.00 (same in all 3 seeds) | 56.67 ± 14.34 | — |" in lines
+    # Shapley: zero x1, zero x2, permute x1, permute x2; x1: 0.30, 0.40, 0.35 (sd 0.05)
+    assert ("| joint | 35.00 ± 12.42 | 5.00 (same in all 3 seeds) | 35.00 ± 12.42 | 5.00 (same in all 3 seeds) |"
+            in lines)
+    assert "| joint | 3.0 ± 2.5 |" in lines  # training time 2, 4, 3 s: sd 1, 4.3027/sqrt(3) = 2.48

@@ -163,3 +163,37 @@ def test_parallel_workers_record_every_run_once(tmp_path, monkeypatch):
     pids = {json.loads(r["hyperparameters"])["pid"] for r in rows}
     assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, neither of them this one
     assert {int(p.name) for p in checkin.iterdir()} == pids
+
+
+def test_a_results_file_from_before_the_score_columns_is_read_and_upgraded(tmp_path):
+    from mmbalance.bench.results import COLUMNS, OLDEST_COLUMNS
+    path = tmp_path / "results.csv"
+    old = ",".join(OLDEST_COLUMNS) + "\n" + ",".join(["r0", "joint"] + [""] * (len(OLDEST_COLUMNS) - 2)) + "\n"
+    path.write_text(old)
+    f = ResultsFile(path)
+    assert f.rows() == [{**{k: "" for k in COLUMNS}, "run_id": "r0", "method": "joint"}]
+    f.append({"run_id": "r1", "method": "mcr", "macro_f1": 0.5, "kind_accuracy": '{"unique2": 0.25}'})
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 3  # rewritten once with the new header
+    rows = f.rows()
+    assert [r["run_id"] for r in rows] == ["r0", "r1"] and rows[0]["macro_f1"] == ""
+    assert rows[1]["macro_f1"] == "0.5" and json.loads(rows[1]["kind_accuracy"]) == {"unique2": 0.25}
+
+
+def test_rows_carry_macro_f1_kind_accuracy_and_shapley(tmp_path):
+    job = make_jobs(SETTINGS, VARIANTS)[0]
+    metrics = {**fake_metrics(job), "test": {"accuracy": 0.4, "macro_f1": 0.375}}
+    scores = {"kind_accuracy": {"shared": 1.0, "unique2": 0.5}, "shapley": {"zero": {"x1": 0.1, "x2": 0.2}}}
+    row = row_from_metrics(job, metrics, scores)
+    assert row["macro_f1"] == 0.375 and json.loads(row["kind_accuracy"]) == scores["kind_accuracy"]
+    assert json.loads(row["shapley"]) == scores["shapley"]
+    bare = row_from_metrics(job, fake_metrics(job))  # no macro-F1, no scores: empty cells
+    assert (bare["macro_f1"], bare["kind_accuracy"], bare["shapley"]) == ("", "", "")
+    # a run that finished without scores.json and cannot be loaded back is still recorded
+    run_dir = tmp_path / "runs" / job.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.json").write_text(json.dumps({"fingerprint": job.fingerprint}))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "scores.json").write_text(json.dumps(scores))
+    out = run_sweep([job], tmp_path, runner=Runner(), log=lambda _: None)
+    assert out.recovered == 1 and json.loads(_rows(tmp_path)[0]["kind_accuracy"]) == scores["kind_accuracy"]

@@ -8,6 +8,9 @@
   seed's ceiling, then mean ± CI;
 - paired (same seed) differences to ``joint`` and to ``ensemble``, ``*`` where the CI excludes 0;
 - ranks by mean, with :data:`~mmbalance.bench.stats.RANK_CAVEAT`;
+- macro-F1, accuracy on each synthetic point type, the unique-information deficit on unique2
+  points against ``unimodal-x2``, the modalities' Shapley values and training time
+  (:mod:`mmbalance.bench.report_fields`);
 - the competition gap on each modality m: probe_m after ``unimodal-m`` minus probe_m after the
   method (same seed), from the ``probe`` column (``trainer.final_probe``);
 - the configuration each method ran with (tuned or default).
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .report_fields import Fields, field_sections, fields_from_rows
 from .plots import ENSEMBLE, _ratio, cell_header, plot_accuracy, plot_accuracy_vs_ratio, plot_delta_vs_ensemble
 from .stats import RANK_CAVEAT, Interval, PairedDifference, format_ci, headroom_closed, mean_ci, \
     paired_difference, ranks
@@ -46,6 +50,8 @@ class SweepTable:
     probes: Dict[str, Dict[Cell, Dict[int, Dict[str, float]]]] = field(default_factory=dict)
     ceilings: Dict[Tuple[Cell, int], Dict[str, float]] = field(default_factory=dict)
     configs: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # method -> (hyperparameters, trials)
+    #: macro-F1, per-kind accuracy, Shapley values, training time (:mod:`.report_fields`)
+    fields: Fields = field(default_factory=dict)
 
     @staticmethod
     def from_rows(rows: Sequence[Mapping[str, str]], methods: Optional[Sequence[str]] = None,
@@ -62,7 +68,8 @@ class SweepTable:
         order = [m for m in (methods or []) if m in values] + sorted(m for m in values if m not in (methods or []))
         cells = sorted({c for per in values.values() for c in per}, key=_sort_key)
         return SweepTable({m: dict(v) for m, v in values.items()}, order, cells,
-                          {m: dict(v) for m, v in probes.items()}, dict(ceilings or {}), configs)
+                          {m: dict(v) for m, v in probes.items()}, dict(ceilings or {}), configs,
+                          fields_from_rows(rows, row_cell))
 
     def seeds(self, method: str, cell: Cell) -> Dict[int, float]:
         return self.values.get(method, {}).get(cell, {})
@@ -192,7 +199,8 @@ def format_summary(table: SweepTable, preamble: str = "",
     rank = {c: table.ranks(c) for c in table.cells}
     for m in table.methods:
         lines.append(f"| {m} | " + " | ".join(str(rank[c].get(m, "—")) for c in table.cells) + " |")
-    lines += [""] + _gap_section(table, heads) + _config_section(table)
+    lines += [""] + field_sections(table.fields, table.methods, table.cells, heads)
+    lines += _gap_section(table, heads) + _config_section(table)
     return "\n".join(lines) + "\n"
 
 

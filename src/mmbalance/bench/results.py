@@ -29,10 +29,16 @@ except ImportError:  # pragma: no cover
 #: learning rate, weight decay and method hyperparameters; ``data`` the data spec; ``probe`` a
 #: JSON object modality -> test accuracy of a linear probe on that modality's frozen encoder
 #: (``trainer.final_probe``). ``shared``/``unique1``/``unique2``/``ratio`` are empty off the
-#: synthetic grid.
+#: synthetic grid. ``macro_f1`` is the test macro-F1; ``kind_accuracy`` a JSON object point
+#: type -> test accuracy on those rows (synthetic data only); ``shapley`` a JSON object
+#: removal (``zero``, ``permute``) -> modality -> Shapley value of test accuracy
+#: (:mod:`mmbalance.bench.scores`). A file written before these three columns existed is
+#: read with them empty, and rewritten with them on its next append.
 COLUMNS = ("run_id", "method", "base_method", "shared", "unique1", "unique2", "ratio", "seed",
            "val_accuracy", "test_accuracy", "epochs_run", "train_seconds", "tuning_trials",
-           "fingerprint", "hyperparameters", "data", "probe")
+           "fingerprint", "hyperparameters", "data", "probe", "macro_f1", "kind_accuracy", "shapley")
+#: the columns of the oldest header still read (a prefix of :data:`COLUMNS`)
+OLDEST_COLUMNS = COLUMNS[:17]
 
 
 class ResultsFile:
@@ -73,8 +79,12 @@ class ResultsFile:
                 return False
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
-            if not existing:
+            upgrade = bool(existing) and existing.split("\n", 1)[0] != ",".join(self.columns)  # older header
+            if upgrade or not existing:
                 writer.writeheader()
+            if upgrade:  # rewritten whole, with the columns added since empty
+                writer.writerows({k: _cell(r.get(k, "")) for k in self.columns} for r in rows)
+                existing = ""
             writer.writerow({k: _cell(row.get(k, "")) for k in self.columns})
             self._replace(existing + buf.getvalue())
         return True
@@ -83,7 +93,11 @@ class ResultsFile:
         if not text:
             return []
         reader = csv.DictReader(io.StringIO(text))
-        if tuple(reader.fieldnames or ()) != self.columns:
+        names = tuple(reader.fieldnames or ())
+        if names != self.columns and self.columns[:len(names)] == names and len(names) >= len(OLDEST_COLUMNS) \
+                and self.columns[:len(OLDEST_COLUMNS)] == OLDEST_COLUMNS:
+            return [{**{k: "" for k in self.columns}, **r} for r in reader]  # columns added later read empty
+        if names != self.columns:
             raise DataError(f"{self.path} has columns {reader.fieldnames}, expected {list(self.columns)}; "
                             "it belongs to another tool or version: use another --out")
         return list(reader)

@@ -157,13 +157,16 @@ def run_job(job: Job, run_dir: Path) -> Dict[str, Any]:
     from ..config import build_config
     from ..methods import get_method
     from ..training import train
+    from .scores import run_scores
     cfg = build_config(job.variant.method, job.data_spec, dict(job.overrides),
                        get_method(job.variant.method).Hyperparameters)
-    return row_from_metrics(job, train(cfg, run_dir))
+    metrics = train(cfg, run_dir)
+    return row_from_metrics(job, metrics, run_scores(run_dir))
 
 
-def row_from_metrics(job: Job, metrics: Mapping[str, Any]) -> Dict[str, Any]:
-    """The ``results.csv`` row of a finished run."""
+def row_from_metrics(job: Job, metrics: Mapping[str, Any], scores: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The ``results.csv`` row of a finished run (``scores``: :func:`mmbalance.bench.scores.run_scores`)."""
+    from .scores import row_scores
     config = metrics.get("config", {})
     hp = {f"optim.{k}": config.get("optim", {}).get(k) for k in ("lr", "weight_decay")}
     hp.update({f"method.{k}": v for k, v in (config.get("method") or {}).items()})
@@ -175,7 +178,8 @@ def row_from_metrics(job: Job, metrics: Mapping[str, Any]) -> Dict[str, Any]:
             "test_accuracy": float(metrics["test"]["accuracy"]), "epochs_run": metrics.get("epochs_run", ""),
             "train_seconds": metrics.get("train_seconds", ""), "tuning_trials": job.tuning_trials,
             "fingerprint": job.fingerprint, "hyperparameters": json.dumps(hp, sort_keys=True, default=str),
-            "data": job.data_spec, "probe": json.dumps(metrics["probe"], sort_keys=True) if metrics.get("probe") else ""}
+            "data": job.data_spec, "probe": json.dumps(metrics["probe"], sort_keys=True) if metrics.get("probe") else "",
+            **row_scores(metrics, scores)}
 
 
 def _blank(value: Optional[float]) -> Any:
@@ -270,7 +274,16 @@ def _finished_row(out: Path, job: Job) -> Optional[Dict[str, Any]]:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    return row_from_metrics(job, metrics) if stamp.get("fingerprint") == job.fingerprint else None
+    if stamp.get("fingerprint") != job.fingerprint:
+        return None
+    from .scores import read_scores, run_scores
+    scores = read_scores(run_dir)
+    if scores is None:  # died between metrics.json and scores.json
+        try:
+            scores = run_scores(run_dir)
+        except Exception:  # noqa: BLE001  (a row without its scores beats no row)
+            scores = None
+    return row_from_metrics(job, metrics, scores)
 
 
 def _prepare(out: Path, job: Job) -> Path:
