@@ -18,6 +18,16 @@ from typing import List
 BENCH_MODULES: List[str] = ["mmbalance.bench.speed.cli"]
 
 
+def add_launcher_args(parser) -> None:
+    from .launch import add_launcher_args as add
+    add(parser)
+
+
+def launch_options(args: argparse.Namespace):
+    from .launch import launch_options as options
+    return options(args)
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (synthetic competition sweep, ...)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=type(bench))
@@ -31,10 +41,12 @@ def register(sub) -> None:
     s.add_argument("--epochs", type=int, help="max epochs for every run")
     s.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="overrides applied to every run alike (e.g. model.hidden=64)")
+    s.add_argument("--preset", default="default", help=_preset_help())
     s.add_argument("--tuned", help="directory of tuned configs (<label>.yaml from `mmbalance tune --name LABEL`); "
                                    "their optim.* and method.* keys are used")
     s.add_argument("--trials-per-method", type=int, default=0,
                    help="tune every method with this many trials first (into OUT/tuned), then sweep")
+    add_launcher_args(s)
     s.set_defaults(func=cmd_bench_synthetic)
     c = bench_sub.add_parser("compare", help="every method on one dataset: CIs, paired deltas, ranks, gaps")
     c.add_argument("--data", required=True, help="synthetic, a built-in dataset (e.g. mfeat), or a .npz/.h5 file")
@@ -50,6 +62,9 @@ def register(sub) -> None:
                    help="tune every method with this many Optuna trials on the validation split first")
     c.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="overrides applied to every run alike (e.g. data.modalities=[pix,fou])")
+    c.add_argument("--preset", default="default", help=_preset_help() + " With --data synthetic only; a "
+                   "preset other than default also fixes the headline cell S=0.1, U1=0.8.")
+    add_launcher_args(c)
     c.set_defaults(func=cmd_bench_compare)
     for module in BENCH_MODULES:
         importlib.import_module(module).register_bench(bench_sub)
@@ -75,6 +90,12 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_tune)
 
 
+def _preset_help() -> str:
+    from .synthetic import PRESETS
+    return "a named generator/optimizer setting (docs/bench_synthetic/presets.md). " + " ".join(
+        p.help() for p in PRESETS.values())
+
+
 def _positive(value: int, flag: str, minimum: int = 1) -> int:
     from ..errors import ConfigError
     if value is not None and value < minimum:
@@ -86,8 +107,15 @@ def _settings(args: argparse.Namespace):
     import dataclasses
     from ..errors import ConfigError
     from .synthetic import DEFAULT_SETTINGS, QUICK_SETTINGS
+    from .synthetic import get_preset
     settings = QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS
-    changes = {}
+    preset = get_preset(getattr(args, "preset", "default"))
+    preset_set = dict(preset.overrides)
+    changes = {"unique2": preset_set.pop("data.unique2")} if "data.unique2" in preset_set else {}
+    if not args.quick:
+        changes.update({k: v for k, v in (("n", preset.n), ("seeds", preset.seeds)) if v is not None})
+    if preset_set:
+        changes["extra"] = tuple(sorted(preset_set.items()))
     if args.seeds:
         try:
             changes["seeds"] = tuple(int(s) for item in args.seeds for s in item.split(",") if s.strip())
@@ -105,7 +133,7 @@ def _settings(args: argparse.Namespace):
         if fixed:
             raise ConfigError(f"--set {fixed[0]} is chosen by the sweep (grid, seeds, methods); "
                               "use --seeds, --methods or --tuned")
-        changes["extra"] = tuple(sorted(extra.items()))
+        changes["extra"] = tuple(sorted({**preset_set, **extra}.items()))  # --set wins over the preset
     return dataclasses.replace(settings, **changes)
 
 
@@ -123,6 +151,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from .report import write_report
     from .synthetic import ceilings, load_tuned, make_jobs, method_variants
     _positive(args.workers, "--workers")
+    launcher = launch_options(args)  # a missing extra or a bad flag fails before any work
     _positive(args.trials_per_method, "--trials-per-method", 0)
     if args.tuned and args.trials_per_method:
         raise ConfigError("give either --tuned DIR or --trials-per-method N, not both")
@@ -147,7 +176,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
           f"{'tuned from ' + str(tuned_dir) if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    done = _run_jobs(jobs, out, args.workers)
+    done = _run_jobs(jobs, out, args.workers, launcher)
     if done is None:
         return 130
     outcome, rows = done
@@ -248,6 +277,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     from .report import write_report
     from .synthetic import ceilings, load_tuned
     _positive(args.workers, "--workers")
+    launcher = launch_options(args)  # a missing extra or a bad flag fails before any work
     _positive(args.trials_per_method, "--trials-per-method", 0)
     extra = parse_set_items(args.set)
     fixed = [k for k in extra if k in ("seed", "data.seed", "trainer.max_epochs", "trainer.patience")
@@ -255,6 +285,9 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     if fixed:
         raise ConfigError(f"--set {fixed[0]} is chosen by the comparison; use --seeds, --data-seed, --epochs, "
                           "--patience or --methods")
+    from .synthetic import compare_preset
+    extra, preset_seeds = compare_preset(args.preset, args.data, extra)
+    args.seeds = args.seeds or ([str(s) for s in preset_seeds] if preset_seeds else None)
     _quiet_lightning_here(args.workers)
     out = Path(args.out).resolve()
     settings = CompareSettings(args.data, _seeds(args.seeds, DEFAULT_SEEDS), args.data_seed,
@@ -280,7 +313,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
           f"{'tuned, ' + str(args.trials_per_method) + ' trials per method' if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    done = _run_jobs(jobs, out, args.workers)
+    done = _run_jobs(jobs, out, args.workers, launcher)
     if done is None:
         return 130
     outcome, rows = done
@@ -306,13 +339,18 @@ def _finish(outcome, start: float, out: Path, paths) -> int:
     return 1 if outcome.failed else 0
 
 
-def _run_jobs(jobs, out: Path, workers: int):
-    """Runs ``jobs`` (resumable, in ``workers`` processes); returns the outcome and this
-    command's rows of ``results.csv``, or None when interrupted (finished runs are kept)."""
+def _run_jobs(jobs, out: Path, workers: int, launcher=None):
+    """Runs ``jobs`` (resumable, in ``workers`` processes, or one submitit job each with
+    ``launcher``); returns the outcome and this command's rows of ``results.csv``, or None
+    when interrupted (finished runs are kept)."""
     from .results import ResultsFile
     from .synthetic import run_sweep
     try:
-        outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
+        if launcher is not None and launcher.submitit:
+            from .launch_sweep import run_sweep_launched
+            outcome = run_sweep_launched(jobs, out, launcher, log=lambda line: print(line, flush=True))
+        else:
+            outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
         return None

@@ -63,6 +63,69 @@ DEFAULT_SETTINGS = SweepSettings()
 QUICK_SETTINGS = SweepSettings(grid=QUICK_GRID, seeds=(0,), n=1500, max_epochs=6, patience=2)
 
 
+# --------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """A named generator-and-optimizer setting for ``bench synthetic`` and ``bench compare``
+    (``--preset NAME``). ``overrides`` go to every run (``data.*`` other than the grid's
+    ``shared``/``unique1``, and ``optim.*``); ``n`` and ``seeds`` are the data size and seeds
+    it was sized for (``--n``/``--seeds`` still win, and ``--set`` wins over ``overrides``).
+
+    Attributes:
+        met: whether the setting met the competition criterion of
+            ``docs/evidence/regime_fusion.md`` (None: not a competition preset).
+    """
+
+    name: str
+    purpose: str
+    overrides: Tuple[Tuple[str, Any], ...] = ()
+    n: Optional[int] = None
+    seeds: Optional[Tuple[int, ...]] = None
+    met: Optional[bool] = None
+
+    def help(self) -> str:
+        verdict = {None: "", True: " Met the competition criterion.",
+                   False: " DID NOT MEET the competition criterion: the best-documented candidate only."}[self.met]
+        return f"{self.name}: {self.purpose}.{verdict}"
+
+
+#: the headline cell where the competition presets were chosen (``bench compare --data synthetic``)
+HEADLINE_CELL = (("data.shared", 0.1), ("data.unique1", 0.8))
+PRESETS: Dict[str, Preset] = {p.name: p for p in (
+    Preset("default", "today's generator and training defaults (gaussian family, Adam lr 1e-3); nothing overridden"),
+    Preset("competition-adam", "generator chosen at U1/S = 8 so that joint training under Adam leaves room below "
+           "the Bayes ceiling and loses x2's unique information at the fusion (docs/evidence/regime_fusion.md)",
+           (("data.family", "signed"), ("data.latent_dim", 20), ("data.signal1", 3.0), ("data.signal2", 5.0)),
+           met=False),
+    Preset("competition-sgd", "the same aim under SGD with momentum 0.9 (OGM-GE's official optimizer), its learning "
+           "rate chosen on joint training's validation accuracy alone (docs/evidence/regime_fusion.md)",
+           (("data.family", "signed"), ("data.latent_dim", 20), ("data.signal1", 3.0), ("data.signal2", 5.0),
+            ("optim.name", "sgd"), ("optim.lr", 0.05), ("optim.momentum", 0.9)), met=False),
+)}
+
+
+def compare_preset(name: str, data_spec: str, extra: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Tuple[int, ...]]]:
+    """``bench compare``'s overrides under preset ``name``: the headline cell, the preset's
+    overrides and data size, then ``extra`` (``--set``, which wins); and the preset's seeds.
+    Any preset other than ``default`` needs ``data_spec == "synthetic"``."""
+    from ..errors import ConfigError
+    preset = get_preset(name)
+    if name == "default":
+        return dict(extra), None
+    if data_spec != "synthetic":
+        raise ConfigError(f"--preset {name} sets the synthetic generator; use it with --data synthetic")
+    out = {**dict(HEADLINE_CELL), **dict(preset.overrides), **({"data.n": preset.n} if preset.n else {}), **extra}
+    return out, preset.seeds
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name is one ConfigError naming the valid ones."""
+    from ..errors import ConfigError, did_you_mean
+    if name not in PRESETS:
+        raise ConfigError(f"unknown --preset {name!r}; {did_you_mean(name, PRESETS)}valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
 def make_jobs(settings: SweepSettings, variants: Sequence[Variant],
               tuned: Optional[Mapping[str, Tuple[Dict[str, Any], int]]] = None) -> List[Job]:
     """The sweep's jobs, seed-major so that an interrupted sweep has whole seeds.
