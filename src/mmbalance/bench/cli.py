@@ -18,16 +18,6 @@ from typing import List
 BENCH_MODULES: List[str] = ["mmbalance.bench.speed.cli"]
 
 
-def add_launcher_args(parser) -> None:
-    from .launch import add_launcher_args as add
-    add(parser)
-
-
-def launch_options(args: argparse.Namespace):
-    from .launch import launch_options as options
-    return options(args)
-
-
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (synthetic competition sweep, ...)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=type(bench))
@@ -46,7 +36,6 @@ def register(sub) -> None:
                                    "their optim.* and method.* keys are used")
     s.add_argument("--trials-per-method", type=int, default=0,
                    help="tune every method with this many trials first (into OUT/tuned), then sweep")
-    add_launcher_args(s)
     s.set_defaults(func=cmd_bench_synthetic)
     c = bench_sub.add_parser("compare", help="every method on one dataset: CIs, paired deltas, ranks, gaps")
     c.add_argument("--data", required=True, help="synthetic, a built-in dataset (e.g. mfeat), or a .npz/.h5 file")
@@ -64,7 +53,6 @@ def register(sub) -> None:
                    help="overrides applied to every run alike (e.g. data.modalities=[pix,fou])")
     c.add_argument("--preset", default="default", help=_preset_help() + " With --data synthetic only; a "
                    "preset other than default also fixes the headline cell S=0.1, U1=0.8.")
-    add_launcher_args(c)
     c.set_defaults(func=cmd_bench_compare)
     for module in BENCH_MODULES:
         importlib.import_module(module).register_bench(bench_sub)
@@ -151,7 +139,6 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from .report import write_report
     from .synthetic import ceilings, load_tuned, make_jobs, method_variants
     _positive(args.workers, "--workers")
-    launcher = launch_options(args)  # a missing extra or a bad flag fails before any work
     _positive(args.trials_per_method, "--trials-per-method", 0)
     if args.tuned and args.trials_per_method:
         raise ConfigError("give either --tuned DIR or --trials-per-method N, not both")
@@ -176,7 +163,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
           f"{'tuned from ' + str(tuned_dir) if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    done = _run_jobs(jobs, out, args.workers, launcher)
+    done = _run_jobs(jobs, out, args.workers)
     if done is None:
         return 130
     outcome, rows = done
@@ -277,7 +264,6 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     from .report import write_report
     from .synthetic import ceilings, load_tuned
     _positive(args.workers, "--workers")
-    launcher = launch_options(args)  # a missing extra or a bad flag fails before any work
     _positive(args.trials_per_method, "--trials-per-method", 0)
     extra = parse_set_items(args.set)
     fixed = [k for k in extra if k in ("seed", "data.seed", "trainer.max_epochs", "trainer.patience")
@@ -313,7 +299,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
           f"{'tuned, ' + str(args.trials_per_method) + ' trials per method' if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    done = _run_jobs(jobs, out, args.workers, launcher)
+    done = _run_jobs(jobs, out, args.workers)
     if done is None:
         return 130
     outcome, rows = done
@@ -339,18 +325,13 @@ def _finish(outcome, start: float, out: Path, paths) -> int:
     return 1 if outcome.failed else 0
 
 
-def _run_jobs(jobs, out: Path, workers: int, launcher=None):
-    """Runs ``jobs`` (resumable, in ``workers`` processes, or one submitit job each with
-    ``launcher``); returns the outcome and this command's rows of ``results.csv``, or None
-    when interrupted (finished runs are kept)."""
+def _run_jobs(jobs, out: Path, workers: int):
+    """Runs ``jobs`` (resumable, in ``workers`` processes); returns the outcome and this
+    command's rows of ``results.csv``, or None when interrupted (finished runs are kept)."""
     from .results import ResultsFile
     from .synthetic import run_sweep
     try:
-        if launcher is not None and launcher.submitit:
-            from .launch_sweep import run_sweep_launched
-            outcome = run_sweep_launched(jobs, out, launcher, log=lambda line: print(line, flush=True))
-        else:
-            outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
+        outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
         return None
