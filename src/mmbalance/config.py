@@ -79,6 +79,7 @@ class ModelConfig:
     encoder: Optional[str] = None  # name for every modality, or "audio:mlp,video:cnn2d"; None: by dataset/shape
     fusion: str = "concat_linear"
     fusion_hidden: int = 128
+    shared_dim: Optional[int] = None  # shared-head fusions (mla, reconboost): project each modality to N first
     feature_dim: int = 100
     hidden: int = 100
     layers: int = 2

@@ -12,7 +12,7 @@ and its optimizer wrapper.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -118,11 +118,51 @@ def raise_nonfinite(loss: LossTerms) -> None:
     raise NonFiniteLossError(f"non-finite loss: term {bad[0]!r} is {float(loss.terms.get(bad[0], loss.total))}")
 
 
+def _sub_steps(method, batch: Batch, out, steps, optimizer, backward: Callable[..., None],
+               clip: Optional[Callable[[], None]], on_nonfinite: Callable[[LossTerms], None],
+               autocast_region: Callable[[], Any], inner_step: Callable[[], None], region) -> LossTerms:
+    """The method's ``sub_steps`` on one forward output: each clears the gradients, takes its
+    loss, backpropagates it (keeping the graph for the steps after it), lets the method edit
+    the gradients, drops those of parameters outside the step, clips and steps (the last
+    through ``optimizer.step``, the others through ``inner_step``). Returns the steps' terms
+    as ``<step>/<term>`` (as they are for a single step) and the sum of their totals."""
+    terms: Dict[str, Tensor] = {}
+    logs: Dict[str, Any] = {}
+    totals = []
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        if i:
+            optimizer.zero_grad(set_to_none=True)
+        with autocast_region():
+            with region(f"step/{step.name}/loss"):
+                loss: LossTerms = method.sub_step_loss(step, batch, out)
+        if not torch.isfinite(loss.total):  # the batch's remaining steps are skipped too
+            on_nonfinite(loss)
+            return loss
+        with region(f"step/{step.name}/backward"):
+            backward(loss.total) if last else backward(loss.total, retain_graph=True)
+        logs.update({BALANCE + k: float(v) for k, v in method.after_step_backward(step).items()})
+        if step.params is not None:
+            keep = {id(p) for p in step.params}
+            for p in method.parameters():
+                if id(p) not in keep:
+                    p.grad = None
+        if clip is not None:
+            clip()
+        with region(f"step/{step.name}/optimizer"):
+            (optimizer.step if last else inner_step)()
+        prefix = f"{step.name}/" if len(steps) > 1 else ""
+        terms.update({prefix + k: v.detach() for k, v in loss.terms.items()})
+        logs.update({prefix + k: v for k, v in loss.logs.items()})
+        totals.append(loss.total.detach().float())
+    return LossTerms(total=torch.stack(totals).sum(), terms=terms, logs=logs)
+
+
 def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[Tensor], None]] = None,
                clip: Optional[Callable[[], None]] = None,
                on_nonfinite: Callable[[LossTerms], None] = raise_nonfinite,
                autocast: Optional[torch.dtype] = None, regions: bool = False,
-               grad_norms: bool = False) -> LossTerms:
+               grad_norms: bool = False, inner_step: Optional[Callable[[], None]] = None) -> LossTerms:
     """Runs one optimization step of ``method`` on ``batch``.
 
     Args:
@@ -136,7 +176,11 @@ def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[
             (no backward, no update). Default: :func:`raise_nonfinite`.
         autocast: dtype of an autocast region around forward and loss (None: none).
         regions: wrap each phase in a ``torch.profiler`` range named ``step/<phase>``.
-        grad_norms: add :func:`term_grad_norms` to the logs (one extra backward per term).
+        grad_norms: add :func:`term_grad_norms` to the logs (one extra backward per term;
+            not for a method with ``sub_steps``).
+        inner_step: the optimizer step of every sub-step but the batch's last
+            (``Method.sub_steps``; default ``optimizer.step``): the loop passes one that
+            Lightning does not count, so that a batch stays one global step.
 
     Returns:
         The batch's loss terms; the values ``after_backward`` returned are added to
@@ -145,7 +189,14 @@ def train_step(method, batch: Batch, optimizer, *, backward: Optional[Callable[[
     region = torch.profiler.record_function if regions else (lambda name: nullcontext())
     device = batch.labels.device.type
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=autocast) if autocast is not None else nullcontext():
+    autocast_region = lambda: torch.autocast(device, dtype=autocast) if autocast is not None else nullcontext()  # noqa: E731
+    steps = method.sub_steps()
+    if steps is not None:
+        with autocast_region(), region("step/forward"):
+            out = method(batch.inputs)
+        return _sub_steps(method, batch, out, steps, optimizer, backward or Tensor.backward, clip, on_nonfinite,
+                          autocast_region, inner_step or optimizer.step, region)
+    with autocast_region():
         with region("step/forward"):
             out = method(batch.inputs)
         with region("step/training_loss"):

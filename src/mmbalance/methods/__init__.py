@@ -29,6 +29,8 @@ from .mmpareto import MMPareto  # noqa: E402
 from .gblending import GBlending  # noqa: E402
 from .dnr import DnR  # noqa: E402
 from .lfm import LFM  # noqa: E402
+from .mla import MLA  # noqa: E402
+from .reconboost import ReconBoost  # noqa: E402
 from .greedy import Greedy  # noqa: E402
 
 

@@ -37,6 +37,8 @@ LEARNING_RATE = log_uniform(1e-4, 1e-2)
 REQUIREMENTS: Dict[str, tuple] = {
     "classification": (lambda model: model.task == "classification",
                        "classification; the model is a regressor"),
+    "shared_head": (lambda model: getattr(model.fusion, "shared", False),
+                    "a shared head (one head for every modality); use model.fusion=shared_linear or shared_mlp"),
     "decomposable_fusion": (lambda model: getattr(model.fusion, "decomposable", False),
                             "a decomposable fusion (each modality's additive share of a linear fusion); "
                             "use model.fusion=concat_linear"),
@@ -45,6 +47,34 @@ REQUIREMENTS: Dict[str, tuple] = {
                            "encoders that expose their stages for intermediate fusion (ResNet-18: "
                            "model.encoder=resnet18_audio or resnet18_video)"),
 }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SubStep:
+    """One optimizer step of a batch, for a method that takes several (:meth:`Method.sub_steps`).
+
+    Attributes:
+        name: what the step is called in the logs (its loss terms become ``<name>/<term>``).
+        params: the parameters the step updates; every other parameter's gradient is dropped
+            before the optimizer step, so it is left as it is (``None``: every parameter).
+    """
+
+    name: str
+    params: Optional[Tuple[nn.Parameter, ...]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A span of epochs of a staged schedule (:meth:`Method.phase`).
+
+    Attributes:
+        name: two consecutive epochs with the same name are in the same phase.
+        fresh_optimizer: when the phase begins, the optimizer's state (moments, step counts)
+            is cleared, as if a new optimizer were built for it.
+    """
+
+    name: str
+    fresh_optimizer: bool = False
 
 
 @dataclasses.dataclass
@@ -75,10 +105,15 @@ class Method(nn.Module):
     default_init: ClassVar[str] = "scratch"  # default of method.init
     init_choices: ClassVar[Tuple[str, ...]] = INITS  # the method.init values this method accepts
     trains_final: ClassVar[bool] = True  # False: the stages are the training (ensemble)
+    #: the fusion the method gives its model when the model's fusion lacks what ``requires``
+    #: asks (``shared_linear`` for a method that requires ``shared_head``); None: none
+    fusion: ClassVar[Optional[str]] = None
     regression_loss: str = "mse"  # task loss of a regressor; build_method sets it from model.regression_loss
 
     def __init__(self, model: MultimodalModel, hparams: Any = None) -> None:
         super().__init__()
+        if self.fusion is not None and "shared_head" in self.requires and not model.shared_head:
+            model.use_fusion(self.fusion)
         self.check_requirements(model)
         self.model = model
         self.hparams = hparams if hparams is not None else self.Hyperparameters()
@@ -186,6 +221,16 @@ class Method(nn.Module):
     def on_validation_end(self, metrics: Mapping[str, float]) -> Dict[str, float]:
         """Called with the validation metrics of each epoch; returns values to log."""
         return {}
+
+    # -- several optimizer steps per batch, staged schedules ---------------------
+    def sub_steps(self) -> Optional[Sequence[SubStep]]:
+        """The optimizer steps of the next batch, in order (MLA: one per modality), or
+        ``None`` (default): one ordinary step. For each, the loop clears the gradients, takes
+        :meth:`sub_step_loss` of the batch's one forward output, backpropagates it, calls
+        :meth:`after_step_backward`, drops the gradients of parameters outside
+        ``SubStep.params``, clips and steps the optimizer. A step sees the updates of the ones
+        before it through any module it calls again (the shared head)."""
+        return None
 
     def combine_gradients(self, loss: LossTerms, gradient: Any) -> Optional[Dict[nn.Parameter, Tensor]]:
         """Replaces the step's one backward of ``loss.total`` by gradients the method builds

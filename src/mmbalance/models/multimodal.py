@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..types import ModelOutput
 from .fusion import FUSIONS
-from .lazy import placeholder, realize
+from .lazy import module_device, placeholder, realize
+from .shared_head import SHARED_HEADS
 
 #: how a (B, T, D) encoder output becomes (B, D) features (``sequence_pool``)
 POOLS = ("mean", "max", "first", "last")
@@ -28,7 +29,7 @@ def _heads(num_classes: int, dims: Dict[str, int]) -> nn.ModuleDict:
 
 
 def _fusion(name: str, num_classes: int, kwargs: Dict[str, Any], dims: Dict[str, int]) -> nn.Module:
-    return FUSIONS[name](dims, num_classes, **kwargs)
+    return {**FUSIONS, **SHARED_HEADS}[name](dims, num_classes, **kwargs)
 
 
 def _pool(h: Tensor, how: str) -> Tensor:
@@ -75,6 +76,9 @@ class MultimodalModel(nn.Module):
         fusion_hidden: width of the non-linear fusions.
         sequence_pool: ``mean`` (default), ``max``, ``first`` or ``last`` step of a
             (B, T, D) output (no padding mask; an encoder that pads should pool itself).
+        shared_dim: for a shared-head fusion (``shared_linear``, ``shared_mlp``: one head
+            applied to every modality, :mod:`.shared_head`), the width each modality is
+            projected to first; ``None``: no projection, every D_m must be equal.
 
     Example:
         >>> model = MultimodalModel({"a": MLPEncoder(10, 8), "v": nn.Sequential(nn.Linear(12, 8))}, 5)
@@ -84,7 +88,7 @@ class MultimodalModel(nn.Module):
     def __init__(self, encoders: Mapping[str, nn.Module], num_classes: int,
                  fusion: Union[str, nn.Module] = "concat_linear",
                  feature_dims: Optional[Mapping[str, int]] = None, fusion_hidden: int = 128,
-                 sequence_pool: str = "mean") -> None:
+                 sequence_pool: str = "mean", shared_dim: Optional[int] = None) -> None:
         super().__init__()
         if len(encoders) < 2:
             raise ConfigError(f"MultimodalModel needs at least 2 modalities, got {list(encoders)}")
@@ -98,12 +102,12 @@ class MultimodalModel(nn.Module):
         self._declared = self._declared_dims(feature_dims or {})
         self.feature_dims: Dict[str, int] = {}  # modality -> D_m, once known
         self._waiting: List[Callable[[Dict[str, int]], None]] = []
+        self.fusion_hidden, self.shared_dim = fusion_hidden, shared_dim
         build_fusion = None
         if isinstance(fusion, str):
-            if fusion not in FUSIONS:
-                raise ConfigError(f"unknown fusion {fusion!r}; valid: {', '.join(FUSIONS)}")
-            kwargs = {} if fusion == "concat_linear" else {"hidden": fusion_hidden}
-            build_fusion = partial(_fusion, fusion, num_classes, kwargs)
+            if fusion not in FUSIONS and fusion not in SHARED_HEADS:
+                raise ConfigError(f"unknown fusion {fusion!r}; valid: {', '.join([*FUSIONS, *SHARED_HEADS])}")
+            build_fusion = self._fusion_builder(fusion)
         self.stage_fusion: Optional[nn.Module] = None  # set_stage_fusion: intermediate fusion
         build_heads = partial(_heads, num_classes)
         if len(self._declared) == len(self.modalities):
@@ -113,6 +117,36 @@ class MultimodalModel(nn.Module):
         else:  # sizes known after the first batch
             self.heads = placeholder(build_heads, self.modalities)
             self.fusion = placeholder(build_fusion, self.modalities) if build_fusion else fusion
+
+    def _fusion_builder(self, name: str):
+        kwargs: Dict[str, Any] = {} if name == "concat_linear" else {"hidden": self.fusion_hidden}
+        if name in SHARED_HEADS:
+            kwargs["project"] = self.shared_dim
+        return partial(_fusion, name, self.num_classes, kwargs)
+
+    def use_fusion(self, name: str) -> None:
+        """Replaces the fusion by the named one, built as the constructor builds it (a
+        placeholder until the feature sizes are known): how a method that needs a shared
+        head gives its model one."""
+        build = self._fusion_builder(name)
+        if self.materialized:
+            self.fusion = build(self.feature_dims).to(module_device(self))
+        else:
+            self.fusion = placeholder(build, self.modalities, module_device(self))
+
+    @property
+    def shared_head(self) -> bool:
+        """Whether the fusion is one head applied to every modality (:mod:`.shared_head`): its
+        per-modality outputs are then the unimodal logits."""
+        return bool(getattr(self.fusion, "shared", False))
+
+    def _heads_and_fusion(self, features: Dict[str, Tensor]):
+        """(unimodal logits, fused logits): each modality's own head and the fusion, or with
+        a shared head its per-modality outputs and their sum."""
+        if self.shared_head:
+            unimodal = self.fusion.modality_logits({m: features[m] for m in self.modalities})
+            return unimodal, self.fusion.combine(unimodal)
+        return {m: self.heads[m](features[m]) for m in self.modalities}, self.fuse(features)
 
     def _declared_dims(self, given: Mapping[str, int]) -> Dict[str, int]:
         unknown = sorted(set(given) - set(self.modalities))
@@ -233,8 +267,8 @@ class MultimodalModel(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
         features = self.encode(inputs)
-        unimodal = {m: self.heads[m](features[m]) for m in self.modalities}
-        return ModelOutput(logits=self.fuse(features), unimodal_logits=unimodal, features=features)
+        unimodal, logits = self._heads_and_fusion(features)
+        return ModelOutput(logits=logits, unimodal_logits=unimodal, features=features)
 
     # -------------------------------------------------------- dropped modalities
     def keep_mask(self, keep: Keep, batch_size: int, device: Optional[torch.device] = None) -> Tensor:
@@ -316,8 +350,8 @@ class MultimodalModel(nn.Module):
             features = {m: z * scale for m, z in features.items()} if scale != 1.0 else features
         else:
             features = self.drop_features(self.encode(inputs), keep, scale)
-        unimodal = {m: self.heads[m](features[m]) for m in self.modalities}
-        return ModelOutput(logits=self.fuse(features), unimodal_logits=unimodal, features=features)
+        unimodal, logits = self._heads_and_fusion(features)
+        return ModelOutput(logits=logits, unimodal_logits=unimodal, features=features)
 
     def modality_parameters(self, modality: str) -> Iterator[nn.Parameter]:
         """Parameters of ``modality``'s encoder (by structure, not by name matching)."""

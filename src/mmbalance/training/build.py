@@ -42,7 +42,7 @@ def build_model(data: DataBundle, cfg: RunConfig) -> MultimodalModel:
                   or default_encoder(shape))
         encoders[name] = build_encoder(choice, shape, cfg.model, modality=name)
     return MultimodalModel(encoders, data.num_classes, fusion=cfg.model.fusion,
-                           fusion_hidden=cfg.model.fusion_hidden)
+                           fusion_hidden=cfg.model.fusion_hidden, shared_dim=cfg.model.shared_dim)
 
 
 def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:

@@ -130,9 +130,11 @@ class BalanceModule(L.LightningModule):
         inputs, labels = batch
         every = max(1, self.cfg.trainer.log_every_n_steps)
         self._skipped = False
-        loss = train_step(self.method, Batch(inputs, labels), self.optimizers(), backward=self.manual_backward,
+        optimizer = self.optimizers()
+        loss = train_step(self.method, Batch(inputs, labels), optimizer, backward=self.manual_backward,
                           clip=self._clip, on_nonfinite=self._nonfinite,
-                          grad_norms=self.cfg.trainer.log_term_grad_norms and self.global_step % every == 0)
+                          grad_norms=self.cfg.trainer.log_term_grad_norms and self.global_step % every == 0,
+                          inner_step=lambda: self.trainer.strategy.optimizer_step(optimizer.optimizer, lambda: None))
         if self._skipped:  # (trainer.skip_nonfinite); train_step's own check decided, no second device sync
             return None
         size = labels.shape[0]
@@ -183,7 +185,16 @@ class BalanceModule(L.LightningModule):
             self._resumed_mid_epoch = False
             return
         self._epoch_batches = 0
+        self._begin_phase(self.current_epoch)
         self._log_hook(self.method.on_epoch_start(self.current_epoch, self.trainer.train_dataloader))
+
+    def _begin_phase(self, epoch: int) -> None:
+        """A staged method's new phase (``Method.phase``) may start with a fresh optimizer:
+        its state is cleared, as a new optimizer would start (the checkpoint then holds it
+        cleared, so a resume in the middle of the phase goes on from the same state)."""
+        phase = self.method.phase(epoch)
+        if phase is not None and phase.fresh_optimizer and (epoch == 0 or self.method.phase(epoch - 1) != phase):
+            self.optimizers().optimizer.state.clear()
 
     def on_train_epoch_end(self) -> None:
         self._in_epoch = False
