@@ -215,6 +215,13 @@ class Method(nn.Module):
         Nothing is read unless the method asks; returns values to log."""
         return {}
 
+    def held_out_rows(self, train_rows: int) -> int:
+        """How many of the ``train_rows`` training rows this method holds out for its epoch
+        passes: the run then trains on the others only and ``passes``' ``val`` split is the
+        held-out rows (a seeded draw, :func:`mmbalance.training.build.hold_out`). 0 (default):
+        every training row is trained on and ``val`` is the run's validation split."""
+        return 0
+
     def on_validation_batch(self, out: ModelOutput, labels: Tensor) -> None:
         """Sees each validation batch's output (for methods that keep their own statistics)."""
 

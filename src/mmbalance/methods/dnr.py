@@ -140,6 +140,11 @@ class DnR(Method):
         carry over, :367-371). Defaults, code/script/ours.sh: ``move_lambda`` 3,
         ``reinit_epoch`` 20, ``reinit_num`` 3 (90 epochs, SGD lr 2e-3 momentum 0.9 weight decay
         1e-4, batch 64, CREMA-D with a validation split carved from the training set).
+        That split (code/dataset/cremad/val.csv, 744 rows; the model trains on my_train.csv,
+        the other 5954 of train.csv's 6698, ours.py:354-356) is never trained on, as the run's
+        validation split here, so DnR holds no training rows out (``Method.held_out_rows`` 0);
+        here that split also selects the checkpoint (the official code keeps the best test
+        accuracy, ours.py:386-390).
         Departures: k-means is this module's own (:func:`kmeans`: greedy k-means++ seeding and
         Lloyd's algorithm, one seeding, 300 iterations, tolerance 1e-4 as scikit-learn's
         defaults since 1.4), not scikit-learn's, so the clusters for the same seed differ in

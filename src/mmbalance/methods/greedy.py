@@ -123,12 +123,12 @@ class Greedy(Method):
             raise ConfigError(f"{err} (got {got})") from None
 
     @property
-    def fusion(self) -> MMTMFusion:
+    def stage_fusion(self) -> MMTMFusion:
         return self.model.stage_fusion
 
     # -- forward and loss ------------------------------------------------------------
     def forward(self, inputs) -> ModelOutput:
-        self.fusion.frozen = int(self.caring) if (self.training and bool(self.window_open)) else None
+        self.stage_fusion.frozen = int(self.caring) if (self.training and bool(self.window_open)) else None
         out = self.model(inputs)
         logits = torch.stack([out.unimodal_logits[m] for m in self.model.modalities]).mean(0)
         return ModelOutput(logits=logits, unimodal_logits=out.unimodal_logits, features=out.features)
@@ -143,11 +143,11 @@ class Greedy(Method):
     # -- the schedule ----------------------------------------------------------------
     def groups(self) -> List[List[List[nn.Parameter]]]:
         """Per modality ``[main, bypass]`` parameter lists (callbacks.py:203-223)."""
-        shared = self.fusion.shared_parameters()
+        shared = self.stage_fusion.shared_parameters()
         out = []
         for k, m in enumerate(self.model.modalities):
             main = list(self.model.modality_parameters(m)) + list(self.model.head_parameters(m))
-            out.append([main, self.fusion.modality_parameters(k) + shared])
+            out.append([main, self.stage_fusion.modality_parameters(k) + shared])
         return out
 
     def accumulate(self) -> float:

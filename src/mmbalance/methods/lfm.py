@@ -17,6 +17,7 @@ from .hparams import choice, hparam, log_uniform
 
 WEIGHTINGS = ("heuristic", "learned")
 ALPHA_GRADS = ("first", "all")
+HELD_OUT = ("train", "val")
 #: What ``mmbalance tune`` searches for ``lr_alpha`` (around the official 1e-4).
 LR_ALPHA = log_uniform(1e-5, 1e-2)
 
@@ -66,7 +67,9 @@ class LFM(Method):
     - ``weighting=learned`` (``Crema_epoch_learnable.py``): ``w_align`` starts at
       ``alpha_init`` (0.95) and after each epoch takes one step
       ``w_align <- clip(w_align - lr_alpha * g, 0.05, 0.95)``, where on ``val_rows`` held-out rows,
-      with ``L_v = w_cls CE + w_align A`` (no factor 2), ``g`` is the mean of the Hessian-vector
+      with ``L_v = w_cls CE + w_align A`` (no factor 2), the held-out rows being
+      ``held_out_size`` (16) training rows held out of training for the whole run
+      (``held_out=train``, official) or the run's validation split (``held_out=val``), ``g`` is the mean of the Hessian-vector
       product ``d/dθ <dL_v/dθ, stop(dCE/dθ)>`` over the model's first parameter tensor
       (``alpha_grad=first``, official) or over every parameter (``alpha_grad=all``).
       ``lr_alpha`` halves every 20 epochs.
@@ -88,10 +91,15 @@ class LFM(Method):
           peaks at 1.0105 at 183: a slightly negative alignment weight); past epoch 199 (the
           end of the official 200-epoch run) the polynomial diverges, so epoch 199's value is held.
         - Learned, held-out data: the official code carves 16 random training rows out of the
-          training set and uses the first half of that one fixed batch (8 rows) for every update
-          (Crema_epoch_learnable.py:216-233, 59-62). Here the rows are the first ``val_rows`` of
-          the run's validation split (each rank: the first rows of its shard; the per-rank ``g``
-          are averaged over DDP ranks), never the test split, in eval mode.
+          training set (``torch.randperm(n)[:16]``; the rest is the training set) and uses the
+          first half of that one fixed batch (8 rows) for every update
+          (Crema_epoch_learnable.py:216-233, 59-62). The default does the same
+          (``held_out=train``, ``held_out_size`` 16, a seeded draw, sorted by row, so "the first
+          half" is the 8 lowest-indexed of the 16 rather than the 8 first drawn); with
+          ``weighting=heuristic`` nothing is held out. ``held_out=val`` takes the first
+          ``val_rows`` of the run's validation split instead and trains on every training row.
+          Each rank reads the first rows of its shard; the per-rank ``g`` are averaged over DDP
+          ranks. Never the test split; eval mode.
         - Learned, timing: the official code updates at the start of every epoch ``e``, from the
           weights after epoch ``e-1`` (Crema_epoch_learnable.py:254), and halves ``lr_alpha`` at
           ``e % 20 == 0, e > 0`` (:90-91). Here the update runs in ``on_epoch_pass`` after epoch
@@ -118,6 +126,8 @@ class LFM(Method):
         val_rows: int = 8  # half of the official 16-row held-out batch, Crema_epoch_learnable.py:59
         alpha_grad: str = "first"  # first (official hvp[0].mean()) | all
         lr_alpha_halve_every: int = 20  # Crema_epoch_learnable.py:90
+        held_out: str = "train"  # train (official: randperm(n)[:16] carved from train) | val
+        held_out_size: int = 16  # Crema_epoch_learnable.py:217 randperm(num_samples)[:16]
 
     @classmethod
     def search_space(cls, trial) -> Dict[str, Any]:
@@ -135,6 +145,11 @@ class LFM(Method):
         if hp.alpha_grad not in ALPHA_GRADS:
             raise ConfigError(f"method 'lfm': method.alpha_grad {hp.alpha_grad!r} is not one of "
                               f"{', '.join(ALPHA_GRADS)}")
+        if hp.held_out not in HELD_OUT:
+            raise ConfigError(f"method 'lfm': method.held_out {hp.held_out!r} is not one of {', '.join(HELD_OUT)}")
+        if hp.held_out == "train" and not 1 <= hp.val_rows <= hp.held_out_size:
+            raise ConfigError(f"method 'lfm': method.val_rows ({hp.val_rows}) must be between 1 and "
+                              f"method.held_out_size ({hp.held_out_size}) with method.held_out=train")
         if hp.val_rows < 1 or hp.lr_alpha_halve_every < 1:
             raise ConfigError("method 'lfm': method.val_rows and method.lr_alpha_halve_every must be >= 1")
         if not 0.0 <= hp.alpha_init <= 1.0:
@@ -143,6 +158,11 @@ class LFM(Method):
         self.register_buffer("align_weight", torch.tensor(float(hp.alpha_init), dtype=torch.float64))
         self.register_buffer("lr_alpha", torch.tensor(float(hp.lr_alpha), dtype=torch.float64))
         self.register_buffer("updated_epoch", torch.tensor(-1))
+
+    def held_out_rows(self, train_rows: int) -> int:
+        """``held_out_size`` training rows when the weight is learned on held-out training rows."""
+        hp = self.hparams
+        return hp.held_out_size if hp.weighting == "learned" and hp.held_out == "train" else 0
 
     def weights(self) -> tuple:
         """``(w_cls, w_align)`` for the current epoch."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Tuple
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..config import RunConfig
 from ..data import DATASETS, DataBundle, from_arrays, load_array_file, make_synthetic
 from ..data.arrays import collate
 from ..data.bundle import data_kind
+from ..errors import ConfigError
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
 from ..models.registry import encoder_for
@@ -50,6 +54,20 @@ def build_method(cfg: RunConfig, model: MultimodalModel) -> Method:
     method = get_method(cfg.method)(model, cfg.hparams)
     method.regression_loss = cfg.model.regression_loss
     return method
+
+
+def hold_out(data: DataBundle, rows: int, seed: int) -> Tuple[DataBundle, Subset]:
+    """``data`` whose training split lacks ``rows`` rows, and those rows (both in the original
+    order): a uniform draw without replacement from numpy's ``default_rng((seed, 1))``, so the
+    same seed holds out the same rows in every process and on every resume, independently of
+    the training order's generator. For a method's held-out passes (``Method.held_out_rows``)."""
+    total = len(data.train)
+    if not 0 < rows < total:
+        raise ConfigError(f"cannot hold out {rows} of the {total} training rows (need 1 to {total - 1})")
+    picked = np.sort(np.random.default_rng((seed, 1)).permutation(total)[:rows])
+    kept = np.setdiff1d(np.arange(total), picked)
+    return (dataclasses.replace(data, train=Subset(data.train, kept.tolist())),
+            Subset(data.train, picked.tolist()))
 
 
 def loaders(data: DataBundle, cfg: RunConfig, seed: int):

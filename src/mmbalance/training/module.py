@@ -63,6 +63,7 @@ class BalanceModule(L.LightningModule):
         self.last_val: Dict[str, float] = {}
         self.loader_generator: Optional[torch.Generator] = None  # the train loader's shuffle RNG
         self.train_sampler = None  # its ResumableSampler (mid-epoch resume)
+        self.held_out = None  # training rows held out for the method's passes (Method.held_out_rows)
         self._epoch_batches = 0  # training batches done in the current epoch
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end
         self._resumed_mid_epoch = False
@@ -206,12 +207,14 @@ class BalanceModule(L.LightningModule):
     def epoch_passes(self) -> EpochPasses:
         """Lazy passes over this fit's training split and its validation split (the loaders
         ``fit`` was given; the test split is never one of them), in eval mode under no_grad,
-        each rank over its shard, under the run's precision (:mod:`.passes`)."""
+        each rank over its shard, under the run's precision (:mod:`.passes`). When the method
+        holds training rows out (:attr:`held_out`), ``val`` is those rows."""
         trainer = self.trainer
         train = trainer.train_dataloader
         val = trainer.val_dataloaders
         val = val[0] if isinstance(val, (list, tuple)) and val else val
-        datasets = {"train": getattr(train, "dataset", None), "val": getattr(val, "dataset", None)}
+        val = self.held_out if self.held_out is not None else getattr(val, "dataset", None)
+        datasets = {"train": getattr(train, "dataset", None), "val": val}
         collate = getattr(train, "collate_fn", None)
         return EpochPasses(self.method, datasets, self.cfg.data.batch_size, collate, device=self.device,
                            context=trainer.precision_plugin.forward_context)

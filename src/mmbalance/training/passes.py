@@ -3,7 +3,8 @@
 G-Blending (per-head train and validation losses), DnR (features of the train and validation
 sets) and LFM (a validation batch) look at data outside the training step. The loop hands
 them an :class:`EpochPasses`; it reads nothing until asked, and it can only reach the
-``train`` split and the run's ``val`` split: the test split is never among its loaders.
+``train`` split and the run's ``val`` split (or, for a method that holds training rows out,
+``Method.held_out_rows``, those rows as ``val``): the test split is never among its loaders.
 
 Every pass is in eval mode (no dropout, BatchNorm statistics untouched) under ``no_grad``,
 over a sequential loader of this rank's shard (rank ``r`` of ``W`` takes rows ``r, r+W, ...``;

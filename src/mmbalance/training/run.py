@@ -27,7 +27,7 @@ from ..engine import RunDir, atomic_write_text
 from ..errors import ConfigError, Interrupted
 from ..methods import get_method
 from ..methods.pipeline import Stage
-from .build import build_data, build_method, build_model, loaders
+from .build import build_data, build_method, build_model, hold_out, loaders
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import BestCheckpoint, LastCheckpoint, graceful_signals, raise_if_stopped
 from .loggers import build_loggers
@@ -111,7 +111,12 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
     method = build_method(cfg, build_model(data, cfg))         # its randomness is per item, not per build
     if stages:
         method.load_stages(out.stage_states(stages))
+    held = method.held_out_rows(len(data.train))
+    if held:  # the method's epoch passes read these rows instead of the val split; never trained on
+        data, held_out = hold_out(data, held, cfg.seed)
+        say(cfg, f"{cfg.method}: {held} training rows held out of training for the method's epoch passes")
     module = BalanceModule(method, cfg, metrics=data.metrics)
+    module.held_out = held_out if held else None
     module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
     module.train_sampler = train_dl.sampler
     trainer, checkpoint = _trainer(cfg, out, callbacks)
