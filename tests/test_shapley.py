@@ -23,8 +23,23 @@ class Stub:
     def __init__(self, model):
         self.model = model
 
+    def __call__(self, inputs):  # the base Method.forward
+        return self.model(inputs)
+
     def predict(self, out):
         return out.logits
+
+
+class OwnForward(Stub):
+    """A method with its own forward, like ``unimodal``: head of modality a on a's feature alone."""
+
+    def __call__(self, inputs):
+        return self.forward(inputs)
+
+    def forward(self, inputs):
+        from mmbalance.types import ModelOutput
+        z = self.model.encode_modality("a", inputs["a"])
+        return ModelOutput(logits=self.model.heads["a"](z), unimodal_logits={}, features={"a": z})
 
 
 def _setup(names, n=40, classes=3, fusion="concat_mlp"):
@@ -86,3 +101,22 @@ def test_unknown_removal_is_one_clear_error():
     method, inputs, labels = _setup(("a", "b"))
     with pytest.raises(ConfigError, match="unknown modality removal 'shuffle'"):
         modality_shapley(method, inputs, labels, how="shuffle")
+
+
+def test_a_method_with_its_own_forward_is_scored_by_it():
+    """unimodal-like: b is never used, so phi_b = 0 and phi_a = v(a) - v(empty), with v
+    scored by hand on a's head (a's feature zeroed for the empty coalition)."""
+    stub, inputs, labels = _setup(("a", "b"))
+    method = OwnForward(stub.model)
+    with torch.no_grad():
+        z = method.model.encode_modality("a", inputs["a"])
+        head = method.model.heads["a"]
+        v_a = float((head(z).argmax(-1) == labels).float().mean())
+        v_0 = float((head(torch.zeros_like(z)).argmax(-1) == labels).float().mean())
+    zero = modality_shapley(method, inputs, labels, how="zero", batch_size=7)
+    assert zero["b"] == pytest.approx(0.0, abs=1e-9) and zero["a"] == pytest.approx(v_a - v_0, abs=1e-6)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        v_perm = float((head(method.model.encode_modality("a", inputs["a"][perm])).argmax(-1) == labels).float().mean())
+    permuted = modality_shapley(method, inputs, labels, how="permute", seed=5)
+    assert permuted["b"] == pytest.approx(0.0, abs=1e-9) and permuted["a"] == pytest.approx(v_a - v_perm, abs=1e-6)
