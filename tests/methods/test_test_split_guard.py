@@ -163,6 +163,17 @@ def test_no_method_reads_the_test_split_before_the_final_evaluation(name, guards
         assert metrics["epochs_run"] == 2
 
 
+@pytest.mark.parametrize("name, options", [
+    ("gblending", {"method__held_out": "val"}),  # the default (train) runs in the test above
+    ("lfm", {"method__weighting": "learned"}),  # 16 training rows held out (the official carve)
+], ids=["gblending-held_out_val", "lfm-learned-held_out_train"])
+def test_held_out_choices_do_not_read_the_test_split(name, options, guards, tmp_path):
+    metrics = run_module.train(_config(name, trainer__max_epochs=1, **options), tmp_path / name)
+    (guard,) = guards
+    check_test_split_untouched(guard)
+    assert metrics["epochs_run"] == 1 and metrics["test"]
+
+
 class PeeksAtTest(Joint):
     """A toy method that 'calibrates' on held-out data at each epoch's start, and picks
     the wrong split; ``swallow``: it hides the guard's error (the record still tells)."""

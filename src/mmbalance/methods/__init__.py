@@ -31,6 +31,8 @@ from .dnr import DnR  # noqa: E402
 from .lfm import LFM  # noqa: E402
 from .mla import MLA  # noqa: E402
 from .reconboost import ReconBoost  # noqa: E402
+from .valuation import Valuation  # noqa: E402
+from .amco import AMCo  # noqa: E402
 from .greedy import Greedy  # noqa: E402
 
 

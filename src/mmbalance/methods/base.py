@@ -77,6 +77,20 @@ class Phase:
     fresh_optimizer: bool = False
 
 
+#: The input key of a re-sampled copy's (B, M) bool keep mask (``Method.sample_plan``).
+KEEP = "__keep__"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePlan:
+    """The training rows of the coming epochs (``Method.sample_plan``): ``counts`` (N, K) int,
+    ``counts[i, k]`` copies of row i in variant k, which keeps the modalities ``keep[k]``
+    (``keep``: (K, M) bool, model order); expanded by ``training.samplers.ResumableSampler``."""
+
+    counts: Tensor
+    keep: Tensor
+
+
 @dataclasses.dataclass
 class NoHyperparameters:
     """A method without hyperparameters of its own."""
@@ -105,6 +119,7 @@ class Method(nn.Module):
     default_init: ClassVar[str] = "scratch"  # default of method.init
     init_choices: ClassVar[Tuple[str, ...]] = INITS  # the method.init values this method accepts
     trains_final: ClassVar[bool] = True  # False: the stages are the training (ensemble)
+    resamples: ClassVar[bool] = False  # True: the training rows follow sample_plan()
     #: the fusion the method gives its model when the model's fusion lacks what ``requires``
     #: asks (``shared_linear`` for a method that requires ``shared_head``); None: none
     fusion: ClassVar[Optional[str]] = None
@@ -172,8 +187,18 @@ class Method(nn.Module):
 
     # -- forward and loss ---------------------------------------------------
     def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
-        """Runs the model; override to change what is encoded (for example one modality)."""
+        """Runs the model; override to change what is encoded (for example one modality). A
+        re-sampled batch's ``inputs[KEEP]`` drops modalities per sample (``forward_dropped``)."""
+        if KEEP in inputs:
+            inputs = dict(inputs)
+            keep = inputs.pop(KEEP)
+            return self.model.forward_dropped(inputs, keep, how=getattr(self.hparams, "drop", "feature"))
         return self.model(inputs)
+
+    def sample_plan(self) -> Optional[SamplePlan]:
+        """The rows of the coming epoch when :attr:`resamples` (read as its iteration starts; set
+        at an epoch boundary, kept in the checkpointed state). ``None``: every row once."""
+        return None
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
         """The loss of one training batch, as named terms."""

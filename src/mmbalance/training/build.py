@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..methods import Method, get_method
 from ..models import MultimodalModel, build_encoder, default_encoder
 from ..models.registry import encoder_for
-from .samplers import EvalShardSampler, ResumableSampler
+from .samplers import EvalShardSampler, ResampledDataset, ResumableSampler
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
@@ -70,13 +70,16 @@ def hold_out(data: DataBundle, rows: int, seed: int) -> Tuple[DataBundle, Subset
             Subset(data.train, picked.tolist()))
 
 
-def loaders(data: DataBundle, cfg: RunConfig, seed: int):
+def loaders(data: DataBundle, cfg: RunConfig, seed: int, method: Method | None = None):
     """The train loader's shuffle generator (checkpointed for exact resume), and the train
-    (shuffled by a :class:`ResumableSampler`), val and test loaders. Val and test use an
+    (shuffled by a :class:`ResumableSampler`; its rows follow ``method.sample_plan`` when the
+    method re-samples), val and test loaders. Val and test use an
     :class:`EvalShardSampler`: under DDP every row is scored once, with no padding."""
+    plan = method.sample_plan if method is not None and method.resamples else None
+    train = ResampledDataset(data.train, list(data.shapes)) if plan is not None else data.train
     kw = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
               persistent_workers=cfg.data.num_workers > 0, collate_fn=collate)
     gen = torch.Generator().manual_seed(seed)
-    return gen, (DataLoader(data.train, sampler=ResumableSampler(data.train, gen), generator=gen, **kw),
+    return gen, (DataLoader(train, sampler=ResumableSampler(train, gen, plan), generator=gen, **kw),
                  DataLoader(data.val, sampler=EvalShardSampler(data.val), **kw),
                  DataLoader(data.test, sampler=EvalShardSampler(data.test), **kw))

@@ -141,3 +141,30 @@ class EpochPasses:
             names = list(dict.fromkeys(n for r in every for n in r))  # a rank's shard may be empty
             local = {n: torch.cat([r[n] for r in every if n in r]) for n in names}
         return local
+
+    def per_row(self, split: str, fn: Callable[[Dict[str, Tensor], Tensor], Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        """Runs ``fn(inputs, labels) -> {name: (B, ...) tensor}`` on every batch of ``split`` in
+        eval mode under no_grad (and the precision's context), for values that need the inputs
+        (a forward with modalities dropped); returns each name over the whole split, on the CPU,
+        in the split's row order (row i is the split's row i), gathered over DDP ranks."""
+        parts: Dict[str, list] = {}
+        with self._eval():
+            for inputs, labels in self.batches(split):
+                with self.context():
+                    values = fn(inputs, labels)
+                for name, value in values.items():
+                    parts.setdefault(name, []).append(value.detach().cpu())
+        local = {name: torch.cat(values) for name, values in parts.items()}
+        if not _distributed():
+            return local
+        world = torch.distributed.get_world_size()
+        every = [None] * world
+        torch.distributed.all_gather_object(every, local)
+        rows = len(self.datasets[split])
+        out: Dict[str, Tensor] = {}
+        for rank, values in enumerate(every):  # rank r scored rows r, r+W, ... (EvalShardSampler)
+            for name, value in values.items():
+                if name not in out:
+                    out[name] = value.new_zeros((rows, *value.shape[1:]))
+                out[name][rank::world] = value
+        return out

@@ -117,7 +117,7 @@ def _train(cfg: RunConfig, out: RunDir, resume: bool, callbacks: Sequence[Any]) 
         say(cfg, f"{cfg.method}: {held} training rows held out of training for the method's epoch passes")
     module = BalanceModule(method, cfg, metrics=data.metrics)
     module.held_out = held_out if held else None
-    module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed)
+    module.loader_generator, (train_dl, val_dl, test_dl) = loaders(data, cfg, cfg.seed, method)
     module.train_sampler = train_dl.sampler
     trainer, checkpoint = _trainer(cfg, out, callbacks)
     start = time.perf_counter()
