@@ -102,8 +102,10 @@ class OptimConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     eps: float = 1e-8
-    schedule: str = "cosine"  # cosine (with linear warmup) | constant
+    schedule: str = "cosine"  # cosine (with linear warmup) | constant | step (x step_gamma every step_size epochs)
     warmup_epochs: int = 1
+    step_size: int = 30  # schedule=step: epochs between two decays (torch StepLR's step_size)
+    step_gamma: float = 0.1  # schedule=step: the factor of each decay
     grad_clip: float = 0.0  # 0 disables; max global L2 norm otherwise
     # how torch updates the parameters: foreach (one multi-tensor kernel per operation; the
     # same numbers as for_loop, torch's CPU default), for_loop, or fused (adam/adamw: one
@@ -377,6 +379,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.num_workers", cfg.data.num_workers >= 0), ("optim.lr", cfg.optim.lr > 0),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0), ("optim.grad_clip", cfg.optim.grad_clip >= 0),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0), ("trainer.max_epochs", cfg.trainer.max_epochs >= 1),
+        ("optim.step_size", cfg.optim.step_size >= 1), ("optim.step_gamma", cfg.optim.step_gamma > 0),
         ("trainer.devices", cfg.trainer.devices >= 1), ("trainer.patience", cfg.trainer.patience >= 0),
         ("trainer.checkpoint_every_n_steps", cfg.trainer.checkpoint_every_n_steps >= 0),
         ("trainer.checkpoint_every_minutes", cfg.trainer.checkpoint_every_minutes >= 0),
@@ -391,7 +394,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.data.shared + cfg.data.unique1 + cfg.data.unique2 > 1 + 1e-9:
         raise ConfigError("data.shared + data.unique1 + data.unique2 must not exceed 1")
     for key, valid in (("optim.name", ("adam", "adamw", "sgd")), ("model.regression_loss", ("mse", "l1")),
-                       ("optim.schedule", ("cosine", "constant")),
+                       ("optim.schedule", ("cosine", "constant", "step")),
                        ("optim.implementation", ("foreach", "for_loop", "fused"))):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -1,4 +1,5 @@
-"""Optimizers and the warmup + cosine schedule, built from a method's parameter groups."""
+"""Optimizers and the per-epoch schedules (warmup + cosine, constant, step), built from a
+method's parameter groups."""
 
 from __future__ import annotations
 
@@ -69,8 +70,12 @@ class LRSchedule:
         self._apply()
 
     def factor(self) -> float:
+        """The lr factor of the current epoch (0-based): ``schedule=step`` gives
+        ``step_gamma ** (epoch // step_size)``, torch's ``StepLR`` stepped after each epoch."""
         if self.cfg.schedule == "constant":
             return 1.0
+        if self.cfg.schedule == "step":
+            return self.cfg.step_gamma ** (self.epoch // self.cfg.step_size)
         return warmup_cosine(self.epoch, self.cfg.warmup_epochs, self.max_epochs)
 
     def _apply(self) -> None:
