@@ -48,37 +48,54 @@ STAGEWISE = {"model.encoder": "resnet18_video", "model.base_width": 4}
 _STAGEWISE_FILES: dict = {}
 
 
-def stagewise_npz() -> str:
+def stagewise_npz(folder=None) -> str:
     """A user's ``.npz`` of two image modalities ``x1``, ``x2`` (N=120, 1x12x12, 3 classes;
-    each image is noise plus the label in a corner patch), written once per process, for
-    methods whose models need encoders with stages (ResNet-18); the synthetic set is vectors."""
-    if "path" not in _STAGEWISE_FILES:
-        import atexit
-        import shutil
-        import tempfile
-        from pathlib import Path
+    each image is noise plus the label in a corner patch), for methods whose models need
+    encoders with stages (ResNet-18); the synthetic set is vectors. Written once per process
+    in a temporary folder, or into ``folder`` unless it is there (atomically: both ranks of a
+    DDP run may write it at once)."""
+    import os
+    import tempfile
+    from pathlib import Path
 
-        import numpy as np
-        folder = Path(tempfile.mkdtemp(prefix="mmbalance-stagewise-"))
-        atexit.register(shutil.rmtree, folder, True)
+    import numpy as np
+    if folder is None:
+        if "path" not in _STAGEWISE_FILES:
+            import atexit
+            import shutil
+            folder = tempfile.mkdtemp(prefix="mmbalance-stagewise-")
+            atexit.register(shutil.rmtree, folder, True)
+            _STAGEWISE_FILES["path"] = stagewise_npz(folder)
+        return _STAGEWISE_FILES["path"]
+    path = Path(folder) / "stagewise.npz"
+    if not path.exists():
         rng = np.random.default_rng(0)
         label = np.arange(120) % 3
         arrays = {m: rng.normal(size=(120, 1, 12, 12)).astype(np.float32) for m in ("x1", "x2")}
         for k, m in enumerate(("x1", "x2")):
             arrays[m][:, 0, :4, 4 * k:4 * k + 4] += label[:, None, None] * (1.0 - 0.5 * k)
-        np.savez(folder / "stagewise.npz", label=label, **arrays)
-        _STAGEWISE_FILES["path"] = str(folder / "stagewise.npz")
-    return _STAGEWISE_FILES["path"]
+        handle, part = tempfile.mkstemp(suffix=".npz", dir=folder)
+        os.close(handle)
+        np.savez(part, label=label, **arrays)
+        os.replace(part, path)
+    return str(path)
+
+
+def method_data(method: str, folder=None):
+    """The data spec and model overrides of the registry-wide tests' runs of ``method``:
+    ``("synthetic", {})``, or for a method that requires stage-wise encoders
+    (``Method.requires``) :func:`stagewise_npz` and :data:`STAGEWISE`."""
+    if "stagewise_encoders" in get_method(method).requires:
+        return stagewise_npz(folder), dict(STAGEWISE)
+    return "synthetic", {}
 
 
 def tiny_config(method: str, **overrides):
     """A run configuration for ``method`` on a 300-point synthetic set; ``overrides`` use
     ``__`` for dots (``trainer__max_epochs=1``). A method that requires stage-wise encoders
     (``Method.requires``) gets :func:`stagewise_npz` and :data:`STAGEWISE` instead."""
-    values, spec = dict(TINY), "synthetic"
-    if "stagewise_encoders" in get_method(method).requires:
-        values.update(STAGEWISE)
-        spec = stagewise_npz()
+    spec, model = method_data(method)
+    values = {**TINY, **model}
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return build_config(method, spec, values, get_method(method).Hyperparameters)
 

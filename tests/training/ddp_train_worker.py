@@ -28,6 +28,9 @@ from mmbalance.methods import get_method
 from mmbalance.training import train
 from mmbalance.training.checkpoints import STATE
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for tests.conftest
+from tests.conftest import method_data  # noqa: E402  (synthetic, or a tiny ResNet .npz for greedy)
+
 # 300 rows: val and test splits of 45, which 2 ranks cannot split evenly
 TINY = {"data.n": 300, "data.dim": 16, "data.latent_dim": 4, "data.batch_size": 16, "model.feature_dim": 8,
         "model.hidden": 16, "trainer.max_epochs": 1, "trainer.progress": False, "trainer.patience": 0,
@@ -39,6 +42,7 @@ RESUME = {**TINY, "trainer.max_epochs": 2, "model.dropout": 0.2}
 EXTRA = {"opm": {"method.start_epoch": 0, "method.p_exe": 1.0}, "gblending": {"method.super_epoch": 1},
          "lfm": {"method.weighting": "learned", "method.lr_alpha": 10.0},  # lfm: a visible learned step
          "dnr": {"method.reinit_epoch": 1, "trainer.max_epochs": 2}}  # dnr re-initialises after epoch 1
+EXTRA["greedy"] = {"method.starting_epoch": 0, "method.window": 2, "trainer.max_epochs": 2}  # windows open and close
 STOP = 10  # the stop request, as batch 4 of 7 of epoch 1 begins: last.ckpt holds step 11, 4 batches in
 
 
@@ -92,7 +96,8 @@ if __name__ == "__main__":
     root, names = Path(sys.argv[1]), sys.argv[2:]
     resumed = names[names.index("--resume") + 1:] if "--resume" in names else []
     for method in names[:len(names) - len(resumed) - bool(resumed)]:
-        cfg = build_config(method, "synthetic", {**TINY, **EXTRA.get(method, {})}, get_method(method).Hyperparameters)
+        spec, model = method_data(method, root)
+        cfg = build_config(method, spec, {**TINY, **model, **EXTRA.get(method, {})}, get_method(method).Hyperparameters)
         out = root / method
         train(cfg, out, callbacks=[SaveRank(out)])
     for method in resumed:

@@ -17,6 +17,8 @@ import torch
 from mmbalance.training import atomic_write_text
 from mmbalance.training.checkpoint_io import AtomicCheckpointIO
 
+from ..conftest import method_data
+
 ARGS = ["data.n=1000", "data.dim=16", "data.batch_size=16", "model.feature_dim=8", "model.hidden=16",
         "trainer.max_epochs=3", "trainer.patience=0", "trainer.progress=false"]
 # method -> file whose appearance means "far enough in to kill"
@@ -31,11 +33,22 @@ CASES = {"joint": "checkpoints/last.ckpt", "mcr": "checkpoints/last.ckpt", "agm"
 #: gblending records its losses every 10 epochs)
 EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"],
          "lfm": ["method.weighting=learned", "method.lr_alpha=10"], "dnr": ["method.reinit_epoch=1"]}
+# greedy, on conftest's tiny ResNet .npz (6 steps an epoch): MMTM running averages, speeds, and windows from
+# the first step, one of them open at each epoch's end
+CASES["greedy"] = "checkpoints/last.ckpt"
+EXTRA["greedy"] = ["method.starting_epoch=0", "method.window=4"]
+
+
+def _data(method):
+    """conftest's data for ``method`` (synthetic, or the ResNet .npz): spec and ``--set`` items."""
+    spec, model = method_data(method)
+    return spec, [f"{k}={v}" for k, v in model.items()]
 
 
 def _cmd(method, out, *extra):
-    return [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", "--method", method,
-            "--set", *ARGS, *EXTRA.get(method, []), "--out", str(out), *extra]
+    spec, model = _data(method)
+    return [sys.executable, "-m", "mmbalance", "train", "--data", spec, "--method", method,
+            "--set", *ARGS, *model, *EXTRA.get(method, []), "--out", str(out), *extra]
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +79,8 @@ def test_sigkill_then_resume_is_identical(tmp_path, method):
         pytest.fail(f"{method} is not registered")
     from mmbalance.config import build_config, parse_set_items
     from mmbalance.training import train
-    cfg = build_config(method, "synthetic", parse_set_items(ARGS + EXTRA.get(method, [])),
+    spec, model = _data(method)
+    cfg = build_config(method, spec, parse_set_items(ARGS + model + EXTRA.get(method, [])),
                        REGISTRY[method].Hyperparameters)
     reference = train(cfg, tmp_path / "ref")  # in-process: same code, same seed, same numbers
     out = tmp_path / "cut"
