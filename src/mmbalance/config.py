@@ -75,7 +75,6 @@ class DataConfig(SyntheticSpec):
 @dataclass
 class ModelConfig:
     """Encoders and fusion for vector data."""
-
     encoder: Optional[str] = None  # name for every modality, or "audio:mlp,video:cnn2d"; None: by dataset/shape
     fusion: str = "concat_linear"
     fusion_hidden: int = 128

@@ -40,9 +40,12 @@ RESUME = {**TINY, "trainer.max_epochs": 2, "model.dropout": 0.2}
 #: per-method settings that make the method act within these short runs (opm modulates from
 #: epoch 6 by default and on 70% of batches; gblending records its losses every 10 epochs)
 EXTRA = {"opm": {"method.start_epoch": 0, "method.p_exe": 1.0}, "gblending": {"method.super_epoch": 1},
+         "reconboost": {"method.epochs_per_stage": 1, "method.correct_epoch": 1, "trainer.max_epochs": 3},
          "lfm": {"method.weighting": "learned", "method.lr_alpha": 10.0},  # lfm: a visible learned step
          "dnr": {"method.reinit_epoch": 1, "trainer.max_epochs": 2}}  # dnr re-initialises after epoch 1
 EXTRA["greedy"] = {"method.starting_epoch": 0, "method.window": 2, "trainer.max_epochs": 2}  # windows open and close
+EXTRA["valuation"] = {"method.warmup": 1, "trainer.max_epochs": 2}  # epoch 1 trains on the re-sampled rows
+EXTRA["amco"] = {"trainer.max_epochs": 2}  # masks from epoch 1 on
 STOP = 10  # the stop request, as batch 4 of 7 of epoch 1 begins: last.ckpt holds step 11, 4 batches in
 
 

@@ -20,8 +20,10 @@ import torch
 WORKER = Path(__file__).with_name("ddp_train_worker.py")
 METHODS = ["ogm", "ogm_ge", "agm", "mlb", "pmr", "mslr", "mcr", "mbsd", "umt",  # umt: its frozen teachers too
            "mmpareto",  # per-term gradients averaged over ranks, then combined (Method.combine_gradients)
-           "cml", "opm", "gblending", "lfm", "dnr"]  # opm's masks and gblending's epoch pass (worker's EXTRA: both act)
+           "cml", "opm", "gblending", "lfm", "dnr",
+           "mla", "reconboost"]  # mla: M optimizer steps a batch; reconboost: 3 phases (worker's EXTRA)  # opm's masks and gblending's epoch pass (worker's EXTRA: both act)
 METHODS += ["greedy"]  # MMTM between ResNet stages (conftest's tiny ResNet .npz); the worker's EXTRA opens windows
+METHODS += ["valuation", "amco"]  # valuation: a re-sampled epoch 1 (worker's EXTRA); amco: masks, dependence
 RESUMED = ["mcr", "mmpareto"]  # mcr: permutations and dropout from torch's global stream, balancing state
 # across ranks; mmpareto: the combined-gradient path through Lightning's manual backward
 

@@ -28,11 +28,14 @@ CASES = {"joint": "checkpoints/last.ckpt", "mcr": "checkpoints/last.ckpt", "agm"
          "umt": "checkpoints/last.ckpt",  # killed after its stages: the resume restores the teachers too
          "cml": "checkpoints/last.ckpt", "opm": "checkpoints/last.ckpt", "gblending": "checkpoints/last.ckpt",
          "lfm": "checkpoints/last.ckpt", "dnr": "checkpoints/last.ckpt", "mbsd": "checkpoints/last.ckpt",
-         "mmpareto": "checkpoints/last.ckpt", "ume": "stages/unimodal_x2/checkpoints/last.ckpt"}
+         "mmpareto": "checkpoints/last.ckpt", "ume": "stages/unimodal_x2/checkpoints/last.ckpt",
+         "mla": "checkpoints/last.ckpt",  # its projector, step count and batch index
+         "reconboost": "checkpoints/last.ckpt"}  # killed between a stage's two phases (EXTRA)
 #: settings that make a method act within the run (opm modulates from epoch 6 by default;
 #: gblending records its losses every 10 epochs)
 EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"],
-         "lfm": ["method.weighting=learned", "method.lr_alpha=10"], "dnr": ["method.reinit_epoch=1"]}
+         "lfm": ["method.weighting=learned", "method.lr_alpha=10"], "dnr": ["method.reinit_epoch=1"],
+         "reconboost": ["method.epochs_per_stage=1", "method.correct_epoch=1"]}  # a new phase every epoch
 # greedy, on conftest's tiny ResNet .npz (6 steps an epoch): MMTM running averages, speeds, and windows from
 # the first step, one of them open at each epoch's end
 CASES["greedy"] = "checkpoints/last.ckpt"
