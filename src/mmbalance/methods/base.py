@@ -139,8 +139,11 @@ class Method(nn.Module):
 
     @classmethod
     def check_requirements(cls, model: MultimodalModel) -> None:
-        """Raises one ConfigError naming the method and what its model lacks."""
+        """Raises one ConfigError naming the method and what its model lacks (a shared head
+        is not lacking when the method gives its model one, ``fusion``)."""
         for need in sorted(cls.requires):
+            if need == "shared_head" and cls.fusion is not None:
+                continue
             check, what = REQUIREMENTS[need]
             if not check(model):
                 detail = "" if need != "decomposable_fusion" else f" (got {type(model.fusion).__name__})"
