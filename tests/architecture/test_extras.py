@@ -26,7 +26,7 @@ TRANSITIVE = {"tqdm", "sqlalchemy"}
 #: import name (or name looked up with find_spec / loaded by SQLAlchemy) -> (extra, distribution)
 OPTIONAL = {"optuna": ("tune", "optuna"), "optuna_integration": ("tune", "optuna-integration"),
             "psycopg2": ("postgres", "psycopg2-binary"), "tensorboard": ("loggers", "tensorboard"),
-            "transformers": ("pretrained", "transformers")}
+            "transformers": ("pretrained", "transformers"), "submitit": ("slurm", "submitit")}
 
 
 def _project():

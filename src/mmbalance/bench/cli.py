@@ -18,6 +18,16 @@ from typing import List
 BENCH_MODULES: List[str] = ["mmbalance.bench.speed.cli"]
 
 
+def add_launcher_args(parser) -> None:
+    from .launch import add_launcher_args as add
+    add(parser)
+
+
+def launch_options(args: argparse.Namespace):
+    from .launch import launch_options as options
+    return options(args)
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (synthetic competition sweep, ...)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=type(bench))
@@ -36,6 +46,7 @@ def register(sub) -> None:
                                    "their optim.* and method.* keys are used")
     s.add_argument("--trials-per-method", type=int, default=0,
                    help="tune every method with this many trials first (into OUT/tuned), then sweep")
+    add_launcher_args(s)
     s.set_defaults(func=cmd_bench_synthetic)
     c = bench_sub.add_parser("compare", help="every method on one dataset: CIs, paired deltas, ranks, gaps")
     c.add_argument("--data", required=True, help="synthetic, a built-in dataset (e.g. mfeat), or a .npz/.h5 file")
@@ -53,6 +64,7 @@ def register(sub) -> None:
                    help="overrides applied to every run alike (e.g. data.modalities=[pix,fou])")
     c.add_argument("--preset", default="default", help=_preset_help() + " With --data synthetic only; a "
                    "preset other than default also fixes the headline cell S=0.1, U1=0.8.")
+    add_launcher_args(c)
     c.set_defaults(func=cmd_bench_compare)
     for module in BENCH_MODULES:
         importlib.import_module(module).register_bench(bench_sub)
@@ -75,6 +87,9 @@ def register(sub) -> None:
                    help="run every trial to the end (default: a median pruner stops a trial whose validation "
                         "metric is below the other trials' median at the same epoch, from the 3rd epoch, once "
                         "5 trials have completed)")
+    t.add_argument("--workers", type=int, default=1,
+                   help="workers on the study, one SLURM job each (needs --launcher submitit when > 1)")
+    add_launcher_args(t)
     t.set_defaults(func=cmd_tune)
 
 
@@ -139,6 +154,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     from .report import write_report
     from .synthetic import ceilings, load_tuned, make_jobs, method_variants
     _positive(args.workers, "--workers")
+    launcher = launch_options(args)  # a missing extra or a bad flag fails before any work
     _positive(args.trials_per_method, "--trials-per-method", 0)
     if args.tuned and args.trials_per_method:
         raise ConfigError("give either --tuned DIR or --trials-per-method N, not both")
@@ -152,7 +168,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
         shared, unique1 = TUNE_POINT
         tuned_dir = _tune_all(variants, settings.run_overrides(shared, unique1, 0), args.trials_per_method,
                               out / "tuned", args.workers,
-                              where=f"at S={shared}, U1={unique1}, U2={settings.unique2} ")
+                              where=f"at S={shared}, U1={unique1}, U2={settings.unique2} ", launcher=launcher)
     tuned = load_tuned(tuned_dir, variants) if tuned_dir else None
     jobs = make_jobs(settings, variants, tuned)
     _validate(jobs)
@@ -163,7 +179,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
           f"{'tuned from ' + str(tuned_dir) if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    done = _run_jobs(jobs, out, args.workers)
+    done = _run_jobs(jobs, out, args.workers, launcher)
     if done is None:
         return 130
     outcome, rows = done
@@ -203,7 +219,7 @@ def _write_settings(out: Path, settings, variants, tuned_dir) -> None:
 
 
 def _tune_all(variants, base: dict, trials: int, tuned_dir: Path, workers: int, data_spec: str = "synthetic",
-              where: str = "") -> Path:
+              where: str = "", launcher=None) -> Path:
     """Tunes every variant with ``trials`` trials on ``base`` (seed 0), selecting on validation
     accuracy only (``tune``'s objective), into ``tuned_dir/<label>.yaml``."""
     from .tune import TuneTask, run_tasks
@@ -214,13 +230,24 @@ def _tune_all(variants, base: dict, trials: int, tuned_dir: Path, workers: int, 
         overrides = {**dict(v.fixed), **base}
         tasks.append(TuneTask(v.method, v.label, tuple(sorted(overrides.items())), trials, str(tuned_dir),
                               data_spec=data_spec))
-    for result in run_tasks(tasks, workers):
+    if launcher is not None and launcher.submitit:  # one job per method
+        from .launch_tune import run_tune_tasks
+        results = run_tune_tasks(tasks, launcher, log=lambda line: print(line, flush=True))
+    else:
+        results = run_tasks(tasks, workers)
+    for result in results:
         print(f"tuned {result.name}: val {result.best_value:.4f} with {result.best_params} "
               f"({result.finished_trials} trials: {result.counts()})", flush=True)
     return tuned_dir
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    _positive(args.workers, "--workers")
+    launcher = launch_options(args)
+    if args.workers > 1 and not launcher.submitit:
+        from ..errors import ConfigError
+        raise ConfigError("tune --workers N starts N jobs: add --launcher submitit (--submitit-cluster local runs "
+                          "them on this machine), or start `mmbalance tune` N times by hand on one --storage")
     from ..config import load_yaml, parse_set_items
     from ..training.quiet import quiet_lightning
     from .tune import tune
@@ -229,6 +256,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     quiet_lightning()
     base = load_yaml(args.config) if args.config else {}
     base.update(parse_set_items(args.set))
+    if launcher.submitit:
+        from .launch_tune import tune_launched
+        return tune_launched(args, base, launcher)
     result = tune(args.method, args.data, base, args.trials, args.out, storage=args.storage, name=args.name,
                   study_name=args.study_name, metric=args.metric, sampler_seed=args.sampler_seed,
                   keep_checkpoints=args.keep_checkpoints, pruner=None if args.no_prune else "median",
@@ -264,6 +294,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     from .report import write_report
     from .synthetic import ceilings, load_tuned
     _positive(args.workers, "--workers")
+    launcher = launch_options(args)  # a missing extra or a bad flag fails before any work
     _positive(args.trials_per_method, "--trials-per-method", 0)
     extra = parse_set_items(args.set)
     fixed = [k for k in extra if k in ("seed", "data.seed", "trainer.max_epochs", "trainer.patience")
@@ -285,7 +316,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     tuned_dir = None
     if args.trials_per_method:
         tuned_dir = _tune_all(variants, settings.run_overrides(0), args.trials_per_method, out / "tuned",
-                              args.workers, data_spec=args.data, where=f"on {args.data} ")
+                              args.workers, data_spec=args.data, where=f"on {args.data} ", launcher=launcher)
     tuned = load_tuned(tuned_dir, variants) if tuned_dir else None
     jobs = make_compare_jobs(settings, variants, tuned)
     _validate(jobs)
@@ -299,7 +330,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
           f"{'tuned, ' + str(args.trials_per_method) + ' trials per method' if tuned_dir else 'default hyperparameters'}; "
           f"{args.workers} worker(s) -> {out}", flush=True)
     start = time.perf_counter()
-    done = _run_jobs(jobs, out, args.workers)
+    done = _run_jobs(jobs, out, args.workers, launcher)
     if done is None:
         return 130
     outcome, rows = done
@@ -325,13 +356,18 @@ def _finish(outcome, start: float, out: Path, paths) -> int:
     return 1 if outcome.failed else 0
 
 
-def _run_jobs(jobs, out: Path, workers: int):
-    """Runs ``jobs`` (resumable, in ``workers`` processes); returns the outcome and this
-    command's rows of ``results.csv``, or None when interrupted (finished runs are kept)."""
+def _run_jobs(jobs, out: Path, workers: int, launcher=None):
+    """Runs ``jobs`` (resumable, in ``workers`` processes, or one submitit job each with
+    ``launcher``); returns the outcome and this command's rows of ``results.csv``, or None
+    when interrupted (finished runs are kept)."""
     from .results import ResultsFile
     from .synthetic import run_sweep
     try:
-        outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
+        if launcher is not None and launcher.submitit:
+            from .launch_sweep import run_sweep_launched
+            outcome = run_sweep_launched(jobs, out, launcher, log=lambda line: print(line, flush=True))
+        else:
+            outcome = run_sweep(jobs, out, workers=workers, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are in {out / 'results.csv'}; rerun the same command to continue")
         return None

@@ -153,15 +153,24 @@ Runner = Callable[[Job, Path], Dict[str, Any]]
 
 
 def run_job(job: Job, run_dir: Path) -> Dict[str, Any]:
-    """Trains one job into ``run_dir`` and returns its ``results.csv`` row."""
+    """Trains one job into ``run_dir`` and returns its ``results.csv`` row. A folder that
+    holds a checkpoint of this job (a launched job stopped by SLURM and started again) is
+    resumed from it; the local pool starts each run in a clean folder."""
     from ..config import build_config
     from ..methods import get_method
     from ..training import train
     from .scores import run_scores
     cfg = build_config(job.variant.method, job.data_spec, dict(job.overrides),
                        get_method(job.variant.method).Hyperparameters)
-    metrics = train(cfg, run_dir)
+    metrics = train(cfg, run_dir, resume=resumable(run_dir))
     return row_from_metrics(job, metrics, run_scores(run_dir))
+
+
+def resumable(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run to continue: its ``last.ckpt``, or finished stages."""
+    from ..engine import RunDir
+    folder = RunDir(run_dir)
+    return folder.last_checkpoint.exists() or folder.stages.is_dir()
 
 
 def row_from_metrics(job: Job, metrics: Mapping[str, Any], scores: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -196,16 +205,24 @@ class SweepOutcome:
     failed: List[Tuple[str, str]] = field(default_factory=list)
 
 
+#: a finished run's report to the sweep: the job, its row (None: failed), the error, seconds
+Done = Callable[[Job, Optional[Dict[str, Any]], str, float], None]
+#: runs the jobs elsewhere (``--launcher submitit``: :mod:`.launch_sweep`), reporting each to ``done``
+Launch = Callable[[Sequence[Job], Path, Runner, Done], None]
+
+
 def run_sweep(jobs: Sequence[Job], out: str | Path, workers: int = 1, runner: Runner = run_job,
-              log: Callable[[str], None] = print) -> SweepOutcome:
+              log: Callable[[str], None] = print, launch: Optional[Launch] = None) -> SweepOutcome:
     """Runs the jobs not yet in ``out/results.csv``, appending one row per finished run.
 
     Args:
         jobs: from :func:`make_jobs`.
         out: the sweep directory (``results.csv``, ``runs/<run_id>/``).
-        workers: parallel processes; 1 runs in this process.
+        workers: parallel processes; 1 runs in this process. With ``launch``: how many
+            jobs run at once (for the time left).
         runner: trains a job (tests pass a fake one).
         log: where progress lines go.
+        launch: runs the jobs instead of this machine's processes (``--launcher submitit``).
     """
     out = Path(out)
     results = ResultsFile(out / "results.csv")
@@ -231,7 +248,9 @@ def run_sweep(jobs: Sequence[Job], out: str | Path, workers: int = 1, runner: Ru
         log(f"[{k}/{total}] {job.variant.label:<18s} {where}seed {job.seed}: {what}  "
             f"({seconds:.1f} s; elapsed {_clock(elapsed)}, left ~{_clock(eta)})")
 
-    if workers <= 1:
+    if launch is not None:
+        launch(todo, out, runner, done)
+    elif workers <= 1:
         for job in todo:
             done(job, *_execute(runner, job, _prepare(out, job)))
     else:
