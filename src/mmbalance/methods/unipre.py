@@ -7,7 +7,11 @@ mechanism every method shares, see ``methods/pipeline.py``); they keep their nam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
+from torch import Tensor
+
+from ..types import ModelOutput
 from .base import register
 from .hparams import hparam, log_uniform
 from .joint import Joint
@@ -17,6 +21,11 @@ from .joint import Joint
 class UniPreFrozen(Joint):
     """``L = L_task(f(X), y)`` with the encoders taken from the unimodal stages and frozen
     (weights and BatchNorm/dropout statistics); the fusion and heads train.
+
+    The encoders run in eval mode in every forward (BatchNorm uses and keeps the stages'
+    running statistics, dropout is off), whatever mode a loop left them in: Lightning starts
+    the fit without calling ``train()`` and, around each validation, puts back the modes it
+    recorded by setting each submodule's ``training`` flag, which bypasses :meth:`train`.
 
     Notes:
         The authors' release swaps the freeze flags of the two configurations; here the
@@ -39,6 +48,11 @@ class UniPreFrozen(Joint):
         super().train(mode)
         self.model.encoders.eval()  # frozen BatchNorm/dropout statistics
         return self
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
+        if self.training:  # set on use too: a loop may have restored the encoders' flags directly
+            self.model.encoders.eval()
+        return super().forward(inputs)
 
 
 @register
