@@ -77,8 +77,10 @@ class GBlending(Method):
           validation split instead (which also selects the checkpoint). BalanceBenchmark uses
           the test split here; we never do.
         - ``online`` is estimated from the heads of the one model being trained (the paper's
-          online form); BalanceBenchmark instead trains M+1 temporary copies for a super-epoch
-          each, ``(M+1) x super_epoch`` extra epochs, which is not offered. ``offline`` here is
+          online form as the project's notes read it; whether the paper instead trains copies
+          of the model per head within each super-epoch was not checked against its text);
+          BalanceBenchmark trains M+1 temporary copies for a super-epoch each,
+          ``(M+1) x super_epoch`` extra epochs, which is not offered. ``offline`` here is
           the same in-training estimate taken once, not from separately trained models.
         - ``L_train`` is the loss over the training split in eval mode at the record, not the
           running mean of the training steps.
