@@ -39,6 +39,8 @@ EXTRA = {"opm": ["method.start_epoch=0"], "gblending": ["method.super_epoch=1"],
 # greedy, on conftest's tiny ResNet .npz (6 steps an epoch): MMTM running averages, speeds, and windows from
 # the first step, one of them open at each epoch's end
 CASES["greedy"] = "checkpoints/last.ckpt"
+CASES["valuation"] = CASES["amco"] = "checkpoints/last.ckpt"  # valuation: killed after re-sampling
+EXTRA["valuation"] = ["method.warmup=1", "method.level=modality"]  # its plan set after epoch 0 comes back
 EXTRA["greedy"] = ["method.starting_epoch=0", "method.window=4"]
 
 
