@@ -115,10 +115,10 @@ def test_learning_speeds_and_d_accumulate_as_the_official_compute_bdr():
         logs = method.after_backward()
         optimizer.step()
     for k in range(2):
-        assert float(method.speeds[k, 0]) == pytest.approx(total[(k, "main")], rel=1e-9)
-        assert float(method.speeds[k, 1]) == pytest.approx(total[(k, "bypass")], rel=1e-9)
+        assert float(method.speeds[k, 0]) == pytest.approx(total[(k, "main")], rel=1e-6)
+        assert float(method.speeds[k, 1]) == pytest.approx(total[(k, "bypass")], rel=1e-6)
     d = math.log10(total[(0, "bypass")] / total[(0, "main")]) - math.log10(total[(1, "bypass")] / total[(1, "main")])
-    assert logs["d"] == pytest.approx(d, rel=1e-9) and float(method.d) == pytest.approx(d, rel=1e-9)
+    assert logs["d"] == pytest.approx(d, rel=1e-6) and float(method.d) == pytest.approx(d, rel=1e-6)
     assert total[(0, "main")] != total[(1, "main")] and abs(d) > 0
 
 

@@ -20,9 +20,11 @@ from .hparams import hparam, int_range, log_uniform
 def learning_speed(params: Sequence[nn.Parameter]) -> float:
     """``sum_p |grad_p|^2 / sum_p |p|^2`` over ``params`` (a missing gradient counts as zero):
     one step's term of a conditional learning speed (callbacks.py:200-228)."""
-    weights = sum(float(p.detach().double().pow(2).sum()) for p in params)
-    grads = sum(float(p.grad.detach().double().pow(2).sum()) for p in params if p.grad is not None)
-    return grads / weights
+    params = list(params)
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    weights, grads = (torch.stack(torch._foreach_norm(ts)).double().pow(2).sum() if ts else 0.0
+                      for ts in ([p.detach() for p in params], grads))  # one norm kernel per list
+    return float(grads) / float(weights)
 
 
 def imbalance(speeds: Tensor) -> float:
@@ -134,7 +136,8 @@ class Greedy(Method):
         return ModelOutput(logits=logits, unimodal_logits=out.unimodal_logits, features=out.features)
 
     def training_loss(self, batch: Batch, out: ModelOutput) -> LossTerms:
-        return LossTerms.from_terms({f"unimodal/{m}": loss for m, loss in self.unimodal_losses(out, batch.labels).items()})
+        losses = self.unimodal_losses(out, batch.labels)  # train.py blend_loss: the sum of the branch CEs
+        return LossTerms.from_terms({f"unimodal/{m}": loss for m, loss in losses.items()})
 
     def param_groups(self) -> List[Dict[str, Any]]:
         fusion = {id(p) for p in self.model.fusion_parameters()}

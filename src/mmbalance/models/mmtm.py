@@ -58,7 +58,7 @@ class MMTM(nn.Module):
 
     def excitations(self, maps: Sequence[Tensor]) -> List[Tensor]:
         """Each modality's (B, C_k) excitation ``e_k`` for (B, C_k, ...) maps."""
-        squeezed = torch.cat([x.flatten(2).mean(-1) for x in maps], 1)
+        squeezed = torch.cat([x.mean(dim=tuple(range(2, x.dim()))) for x in maps], 1)  # no copy of a view
         hidden = torch.relu(self.squeeze(squeezed))
         return [torch.sigmoid(fc(hidden)) for fc in self.excite]
 

@@ -103,7 +103,7 @@ class ResNet18(nn.Module):
 
     def readout(self, h: Tensor) -> Tensor:
         """The last stage's (B, 8w, ...) maps -> (B, 8w) features, averaged over every other axis."""
-        return h.flatten(2).mean(-1)
+        return h.mean(dim=tuple(range(2, h.dim())))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, 512), averaged over space."""

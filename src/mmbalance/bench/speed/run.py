@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .cells import (HEAVY, METHODS, MODALITY_SWEEP, MODALITY_VARIANTS, PERMUTATION_SWEEP, QUICK_SETTINGS, SETTINGS,
-                    Log, Setting, SpeedVariant, build_model, make_runner, mipd_terms, modality_setting,
-                    variant_by_label)
+                    Log, Setting, SpeedVariant, build_model, make_runner, mipd_terms, modality_setting, own_model,
+                    unmet, variant_by_label)
 from .memory import MemoryServer, measure_memory
 from .plots import plot_modalities, plot_permutations
 from .report import CSV_COLUMNS, DETAIL_COLUMNS, MODALITY_COLUMNS, CellResult, fmt, markdown_report, write_csv
@@ -43,7 +43,11 @@ def run_group(setting: Setting, variants: Sequence[SpeedVariant], protocol: Prot
     tag = tag or setting.name
     device = torch.device(protocol.device)
     model = build_model(setting).to(device)
-    runners = [make_runner(setting, v, device, protocol.precision, model=model) for v in variants]
+    for v in [v for v in variants if unmet(v, model)]:
+        log(f"[{tag}] {v.label}: not run on this setting, {unmet(v, model)}")
+    variants = [v for v in variants if not unmet(v, model)]
+    runners = [make_runner(setting, v, device, protocol.precision, model=None if own_model(v) else model)
+               for v in variants]
     log(f"[{tag}] timing {len(runners)} methods: {protocol.warmup} warm-up + {protocol.repeats} interleaved "
         f"rounds ({load()})")
     timings = time_interleaved(runners, protocol.warmup, protocol.repeats, protocol.min_sample_s, log)
