@@ -115,6 +115,37 @@ def test_one_setting_off_the_grid_gets_a_bar_plot(tmp_path):
     assert "| method | mfeat |" in (tmp_path / "summary.md").read_text()
 
 
+
+def test_the_one_setting_bar_plot_starts_at_0_with_chance_and_the_bayes_ceiling():
+    from mmbalance.bench.plots import accuracy_figure
+    cell = ("synthetic",)
+    rows = [{**r, "shared": "", "unique1": "", "data": "synthetic"} for r in ROWS if r["shared"] == "0.8"]
+    ceilings = {(cell, s): CEILINGS[(A, s)] for s in range(3)}  # both: 0.89, 0.90, 0.91 -> mean 90.0
+    fig = accuracy_figure(SweepTable.from_rows(rows, METHODS, ceilings), chance=0.2)
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0  # the lowest bar is 30 %: the axis still starts at 0
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert lines["Bayes ceiling (both) 90.0%"] == pytest.approx(90.0)
+    assert lines["chance 20%"] == pytest.approx(20.0)
+    assert [p.get_height() for p in ax.patches] == pytest.approx([100 * sum(ACC_A["ensemble"]) / 3,
+                                                                  100 * sum(ACC_A["joint"]) / 3,
+                                                                  100 * sum(ACC_A["mcr"]) / 3, 30.0])
+    bare = accuracy_figure(SweepTable.from_rows([{**r, "data": "mfeat"} for r in rows], METHODS)).axes[0]
+    assert bare.get_ylim()[0] == 0  # nothing known, no line drawn (the error bars' caps are unlabelled)
+    assert [line.get_label() for line in bare.get_lines() if not line.get_label().startswith("_")] == []
+
+
+def test_chance_comes_from_the_runs_inputs(tmp_path):
+    from mmbalance.bench.plots import chance_of_runs
+    assert chance_of_runs(tmp_path) is None  # no runs
+    (tmp_path / "runs" / "a__seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "a__seed0" / "inputs.json").write_text(json.dumps({"task": "regression", "num_classes": 1}))
+    assert chance_of_runs(tmp_path) is None
+    (tmp_path / "runs" / "b__seed0").mkdir()
+    (tmp_path / "runs" / "b__seed0" / "inputs.json").write_text(json.dumps({"task": "classification",
+                                                                           "num_classes": 10}))
+    assert chance_of_runs(tmp_path) == pytest.approx(0.1)
+
 def test_kind_accuracy_from_a_known_prediction_vector():
     import numpy as np
     from mmbalance.bench.scores import kind_accuracy

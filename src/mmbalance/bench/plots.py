@@ -80,30 +80,50 @@ def plot_accuracy_vs_ratio(table: SweepTable, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(table: SweepTable, path: Path) -> None:
-    """One setting: each method's mean test accuracy as a bar with its 95% CI, and the Bayes
-    ceiling as a line where known."""
+def chance_of_runs(out: Path) -> Optional[float]:
+    """1 / classes of the runs under ``out/runs`` (``inputs.json``, as the benchmarks lay them
+    out); None for regression or where no run has written it."""
+    from ..engine.rundir import RunDir
+    for run in sorted((out / "runs").glob("*/")):
+        inputs = RunDir(run).read_inputs()
+        if inputs and inputs.get("task") == "classification" and inputs.get("num_classes"):
+            return 1.0 / int(inputs["num_classes"])
+    return None
+
+
+def accuracy_figure(table: SweepTable, chance: Optional[float] = None):
+    """One setting: each method's mean test accuracy as a bar with its 95% CI, on an axis from 0,
+    with the chance level and the Bayes ceiling as lines where known (as the demo's plot)."""
     plt = _pyplot()
     cell = table.cells[0]
     methods = [m for m in table.methods if table.interval(m, cell) is not None]
     ivs = [table.interval(m, cell) for m in methods]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(methods) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.6 * len(methods) + 4), 4.5))  # 2 inches for the legend
     ax.bar(range(len(methods)), [100 * iv.mean for iv in ivs], yerr=[_half(iv) for iv in ivs], capsize=3,
            color=[_colors(table.methods)[m] for m in methods])
     ceiling = table.ceiling(cell)
     if ceiling is not None:
-        ax.axhline(100 * ceiling.mean, color="black", lw=1.6, label="Bayes ceiling (both)")
-        ax.legend(fontsize=8)
-    low = min(100 * iv.mean - _half(iv) for iv in ivs)
-    ax.set_ylim(max(0.0, low - 5), None)
+        ax.axhline(100 * ceiling.mean, color="black", lw=1.6, label=f"Bayes ceiling (both) {100 * ceiling.mean:.1f}%")
+    if chance is not None:
+        ax.axhline(100 * chance, color="#b22222", lw=1.2, ls="--", label=f"chance {100 * chance:.0f}%")
+    if ceiling is not None or chance is not None:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never on one
+    ax.set_ylim(0, 100)
     ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{cell_header(cell)}: test accuracy, mean and 95% CI over seeds"
                  + ("" if ceiling is not None else " (no Bayes ceiling known)"), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy(table: SweepTable, path: Path, chance: Optional[float] = None) -> None:
+    """:func:`accuracy_figure` saved to ``path``; the chance level defaults to that of the runs
+    beside it (:func:`chance_of_runs`)."""
+    fig = accuracy_figure(table, chance_of_runs(path.parent) if chance is None else chance)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_delta_vs_ensemble(table: SweepTable, path: Path) -> bool:
