@@ -3,7 +3,9 @@ batch of a real run (``training.train``: the unimodal stages, then Lightning's f
 sanity check and per-epoch validation toggling train()/eval()), every encoder submodule has
 ``training == False`` (dropout off) and the encoders' BatchNorm running statistics equal the
 stages' values they were loaded with, while the fusion and heads do train. The encoders here
-are the tiny config's MLPs with dropout 0.5 and a BatchNorm1d appended."""
+are the tiny config's MLPs with dropout 0.5 and a BatchNorm1d appended. (Before the forward
+override the first test failed: Lightning starts the fit without ``train()``.) The second test
+replays Lightning's direct flag restore on one forward, against joint training's encoders."""
 
 from __future__ import annotations
 
@@ -77,17 +79,30 @@ def test_frozen_encoders_stay_in_eval_mode_through_the_fit(monkeypatch, tmp_path
             assert torch.equal(seen["buffers"][key], value), key
 
 
-def test_the_check_fails_when_the_encoders_train(monkeypatch, tmp_path):
-    """Not vacuous: without the eval overrides (train() and forward), the same run has encoders
-    running in training mode and moving BatchNorm statistics."""
+def test_a_directly_restored_training_flag_is_undone_on_the_next_forward():
+    """What Lightning does around validation (each submodule's ``training`` set back directly,
+    not through ``train()``): the next forward runs the encoders in eval mode again, and a
+    frozen encoder's BatchNorm keeps its statistics; plain joint training's encoders train."""
     from mmbalance.methods.joint import Joint
     from mmbalance.methods.unipre import UniPreFrozen
-    monkeypatch.setattr(UniPreFrozen, "train", Joint.train)
-    monkeypatch.setattr(UniPreFrozen, "forward", Joint.forward)
-    monkeypatch.setattr(run_module, "build_model", _with_batchnorm(run_module.build_model))
-    modes = Modes()
-    run_module.train(tiny_config("unipre_frozen", model__dropout=0.5, data__n=160, trainer__max_epochs=1), tmp_path / "t",
-                     callbacks=[modes])
-    assert any(any(seen["encoders"]) for seen in modes.batches)
-    last = modes.batches[-1]["buffers"]
-    assert any(not torch.equal(last[k], v) for k, v in modes.start.items() if "running_mean" in k)
+    from mmbalance.models import MLPEncoder, MultimodalModel
+
+    def model():
+        torch.manual_seed(0)
+        encoders = {m: MLPEncoder(5, 4, hidden=6, layers=1) for m in ("a", "b")}
+        for e in encoders.values():
+            e.net.append(nn.BatchNorm1d(4))
+        return MultimodalModel(encoders, 3, fusion="concat_linear")
+
+    inputs = {m: torch.randn(8, 5) for m in ("a", "b")}
+    for cls, frozen in ((UniPreFrozen, True), (Joint, False)):
+        method = cls(model())
+        method.train()
+        for module in method.model.encoders.modules():
+            module.training = True  # as Lightning's _ModuleMode.restore sets it
+        before = method.model.encoders["a"].net[-1].running_mean.clone()
+        method(inputs)
+        running = [m.training for m in method.model.encoders.modules()]
+        moved = not torch.equal(method.model.encoders["a"].net[-1].running_mean, before)
+        assert (not any(running), not moved) == (frozen, frozen), cls.name
+        assert method.model.fusion.training  # the fusion trains in both
