@@ -242,6 +242,8 @@ METHODS: Tuple[SpeedVariant, ...] = (
     SpeedVariant("lfm", "lfm"), SpeedVariant("dnr", "dnr"),
     # reconboost is timed in its phase 1 (epoch 0: the step the speed runner takes)
     SpeedVariant("mla", "mla"), SpeedVariant("reconboost", "reconboost"),
+    # valuation's step is joint's (its copies change which rows an epoch has, not the step)
+    SpeedVariant("valuation", "valuation"), SpeedVariant("amco", "amco"),
 )
 #: Methods timed only when named (``--methods``): they need encoders with stages (intermediate
 #: fusion), which the synthetic and MOSEI settings' encoders are not; a setting whose model does
