@@ -26,7 +26,7 @@ test: install-test
 
 # The numerics-sensitive tests again on other kernels than the machine's best: ATen's portable
 # ones and MKL's compatible code path. A test that passes only under one CPU's rounding fails
-# here (issue 23: a test held on AMD's AVX-512 and failed on a Xeon's). CI runs it after `make test`.
+# here (a test held on AMD's AVX-512 and failed on a Xeon's). CI runs it after `make test`.
 test-numerics: install-test
 	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs -n 2 -m "numerics and not slow"
 

@@ -1,5 +1,5 @@
 """Bayes ceiling of the default generator at the sweep's U1/S grid (seed 0 and the mean of seeds 0-2)
-against issue 11's independently computed table. Run: PYTHONPATH=src python studies/bayes_table.py"""
+against a table computed independently of this code (tests/data/test_bayes.py). Run: PYTHONPATH=src python studies/bayes_table.py"""
 import numpy as np
 from mmbalance.data.synthetic import SyntheticSpec
 from mmbalance.data.bayes import bayes_accuracy

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Setting (b) of `mmbalance bench speed` on a GPU (issue 6): ResNet-18 audio + video at the
+# Setting (b) of `mmbalance bench speed` on a GPU: ResNet-18 audio + video at the
 # CREMA-D sizes, batch 32, bf16 autocast; every method of the table plus the P sweep, then
-# a torch.profiler table of multiloss and mcr_p32. Then the paper's advanced models (issue 26)
+# a torch.profiler table of multiloss and mcr_p32. Then the paper's advanced models
 # at the paper's batch sizes, bf16: (d) cremad_conformer (wav2vec2-large-robust's first 12
 # layers, random init, -> Conformer; face features -> Conformer), batch 8, and (e) sthsth_swin
 # (a Video Swin-T each for video and flow, 16 x 224 x 224), batch 16: multiloss, mcr_p32 and
@@ -38,7 +38,7 @@ time "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch 32 --
 "$PY" -m mmbalance bench speed --device cuda --precision bf16 --batch 32 --settings cremad \
     --profile multiloss mcr_p32 --profile-steps 10 --out "$OUT/profile"
 for f in "$OUT"/profile/profile_*.txt; do echo "== $f"; head -45 "$f"; done
-# the paper's Conformer (d) and Swin (e) models at their batch sizes (issue 26)
+# the paper's Conformer (d) and Swin (e) models at their batch sizes
 ADVANCED=(sthsth_swin)
 if "$PY" -c 'import transformers' 2>/dev/null; then
   ADVANCED=(cremad_conformer sthsth_swin)

@@ -1,4 +1,4 @@
-"""MCR sensitivity (issue 28 section 6): accuracy over each of MCR's searched values, per data set.
+"""MCR sensitivity: accuracy over each of MCR's searched values, per data set.
 
 One at a time around MCR's generic defaults: each hyperparameter that ``MCR.Hyperparameters``
 declares with a search range (``unimodal_weight``, ``mipd_weight``, ``contrastive_weight``:

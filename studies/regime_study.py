@@ -1,4 +1,4 @@
-"""Regime study (issue 11, point 3): does a generator setting leave room for methods to differ?
+"""Regime study: does a generator setting leave room for methods to differ?
 
 For each generator setting (``--setting "data.signal1=3 data.depth2=4"``, repeatable) at
 U1/S = 8 it trains ``joint``, ``unimodal`` x1 and ``unimodal`` x2 over the seeds with one

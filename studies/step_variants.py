@@ -1,4 +1,4 @@
-"""Issue 12, setting (a): what the optimizer's update kernel and a whole-step ``torch.compile``
+"""Setting (a) of bench speed: what the optimizer's update kernel and a whole-step ``torch.compile``
 do to the step time of multiloss and MCR on the synthetic MLP (one CPU thread).
 
 For each method (``bench speed`` labels) and each variant it builds the cell of

@@ -1,4 +1,4 @@
-"""Issue 12, setting (a): the cost of each MCR term alone, eager and fused by ``torch.compile``,
+"""Setting (a) of bench speed: the cost of each MCR term alone, eager and fused by ``torch.compile``,
 against the whole multiloss step, to show how low MCR's ratio to multiloss can go on this CPU.
 
 For the ``bench speed --settings synthetic`` cells of ``mcr_p1`` and ``mcr_p32`` it takes the

@@ -1,4 +1,4 @@
-"""Options a person can discover (issue 15.5): ``train --help`` lists the methods, data
+"""Options a person can discover: ``train --help`` lists the methods, data
 sources and config sections; ``--print-config``; ``--version``; "did you mean" on unknown
 names; ``unimodal`` needs ``method.modality``."""
 

@@ -1,4 +1,4 @@
-"""Import time (issue 12.3): what a command does not need, it does not import. Checked in a
+"""Import time: what a command does not need, it does not import. Checked in a
 fresh interpreter, by the modules it holds, not by a clock."""
 
 from __future__ import annotations

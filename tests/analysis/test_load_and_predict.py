@@ -1,4 +1,4 @@
-"""A trained model a person can use (issue 15.4): ``mb.load_run`` and ``mmbalance predict``.
+"""A trained model a person can use: ``mb.load_run`` and ``mmbalance predict``.
 
 A tiny run is trained here on a user's ``.npz``; the model that trained it is kept (a
 callback holds the method after the test pass, with the best weights). The run folder is

@@ -1,7 +1,7 @@
 """The import graph of ``src/mmbalance`` points only down the layer list, and has no cycle.
 
 Every import counts, also those inside functions (they hide cycles as well as top-level
-ones do). The order is that of the README's architecture section.
+ones do). The order is that of docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``bench speed --loop`` (issue 12.3): the plain PyTorch loop it compares against, the table,
+"""``bench speed --loop``: the plain PyTorch loop it compares against, the table,
 and the time breakdown ``mmbalance train`` writes."""
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_declared_spaces():
     fixed = optuna.trial.FixedTrial({"optim.lr": 3e-3, "method.mipd_weight": 0.2, "method.contrastive_weight": 0.5,
                                      "method.unimodal_weight": 2.0, "method.init": "unimodal"})
     assert Method.search_space(fixed) == {"optim.lr": 3e-3}
-    assert get_method("mcr").search_space(fixed) == {  # issue 14.3: unimodal_weight and init too
+    assert get_method("mcr").search_space(fixed) == {  # unimodal_weight and init are searched too
         "optim.lr": 3e-3, "method.mipd_weight": 0.2, "method.contrastive_weight": 0.5,
         "method.unimodal_weight": 2.0, "method.init": "unimodal"}
     assert get_method("multiloss").search_space(fixed) == {"optim.lr": 3e-3, "method.unimodal_weight": 2.0}
@@ -232,7 +232,7 @@ def _instant_train(cfg, run_dir, keep_checkpoints, callbacks=()):
 
 
 def _racing_worker(role, out, budget, events, result_path):
-    """One of two forked ``tune`` workers that the test drives into the race of issue 23.5:
+    """One of two forked ``tune`` workers that the test drives into a race between trials:
     ``b`` finishes its first trial and stops between trials (before asking for its next one)
     until ``a`` has returned; ``a`` holds its first trial until ``b`` is there."""
     import mmbalance.bench.tune as tune_module
@@ -268,7 +268,7 @@ def _racing_worker(role, out, budget, events, result_path):
 
 
 def test_one_worker_writes_the_final_configuration_when_the_other_is_between_trials(tmp_path):
-    """Issue 23.5: ``a`` ends while ``b`` is between trials, with no trial of ``b`` running.
+    """``a`` ends while ``b`` is between trials, with no trial of ``b`` running.
     Without a budget stored in the study ``a`` took its result for the final one and ``b``
     rewrote it after its next trial (two final writes). With the budget, ``a`` sees that the
     study's 4 trials are not all finished (``b`` holds a claim on the last one): its file is

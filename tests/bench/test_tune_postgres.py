@@ -1,4 +1,4 @@
-"""Two `mmbalance tune` workers share one study on a real PostgreSQL server (issue 15.7).
+"""Two `mmbalance tune` workers share one study on a real PostgreSQL server.
 
 The fixture starts a throw-away cluster with ``initdb`` and ``pg_ctl`` (Debian's
 ``postgresql`` package) on a free loopback port, with a password, as an unprivileged user
@@ -135,7 +135,7 @@ def test_two_tune_workers_share_one_postgresql_study(postgres_url, tmp_path, how
     assert (info["best_trial"], info["trials"], info["running"]) == (best.number, total, [])
     final = [line for o in outs for line in o.splitlines() if line == f"wrote {tmp_path / 'joint.yaml'}"]
     # Exactly one worker writes the final file, once: the other wrote a provisional file while
-    # a trial was running or claimed, or found the final write claimed (issue 23.5).
+    # a trial was running or claimed, or found the final write claimed.
     assert len(final) == 1, outs
     assert study.user_attrs["mmbalance.budget"] == study.user_attrs["mmbalance.final"]["budget"] == total
     assert PASSWORD not in "".join(outs)

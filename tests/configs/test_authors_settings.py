@@ -18,7 +18,7 @@ from mmbalance.methods import REGISTRY
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DATASETS = ("cremad", "ave", "ucf51", "mosi", "mosei", "sthsth")
 TABLE = CONFIGS / "authors_settings.csv"
-# Keys the lead engineer adds to every method (issue 14, point 2); until they exist the
+# Keys every method is to take (method.init and its learning-rate scale); until they exist the
 # loader rejects them, so they are checked against the table but not built.
 PENDING = {"method.init", "method.encoder_lr_scale"}
 

@@ -12,7 +12,7 @@ from mmbalance.data.bayes import (CARRIES, bayes_accuracy, log_likelihood_ratio,
                                   log_posterior_alone, sample_latents, type_priors)
 from mmbalance.data.synthetic import SyntheticSpec, class_vectors, make_synthetic
 
-#: Issue 11's independently computed table (percent): U1/S -> (both, x1 alone, x2 alone),
+#: A table computed independently of this code (percent): U1/S -> (both, x1 alone, x2 alone),
 #: at the defaults with S + U1 = 0.9, U2 = 0.1. It matches the mean over the sweep's data
 #: seeds 0, 1, 2 (no single seed of 0-11 reproduces it: seed 0 is 0.74 points low on "both"
 #: at 0.125). The table is rounded to 0.1, so "within 0.5" allows 0.5 + 0.05 of rounding.
@@ -181,7 +181,7 @@ def test_signed_posterior_matches_brute_force_mixture():
 
 @pytest.mark.parametrize("family", ["gaussian", "signed"])
 def test_x2_limit_and_gain_bounded_by_where_x2_carries(family):
-    # Issue 11.3, second round: on points where x2 does not carry the label, z2 is independent
+    # On points where x2 does not carry the label, z2 is independent
     # of (y, z1), so no rule beats chance there. Hence Bayes(x2) <= 1/C + P(carry2)(1 - 1/C)
     # and Bayes(both) <= Bayes(x1) + P(carry2): the caps on criterion 2 and 1 at U1/S = 8.
     for unique2 in (0.0, 0.1):

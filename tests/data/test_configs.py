@@ -20,8 +20,8 @@ YAMLS = sorted(p for d in REAL for p in (CONFIGS / d).glob("*.yaml"))
 
 
 def test_every_dataset_has_every_method():
-    """Every paper method has a config on every data set; a config beyond them (a method of
-    issue 24 whose authors' scripts give per-dataset values: dnr, mmpareto) names a registered
+    """Every paper method has a config on every data set; a config beyond them (one of the
+    field's other methods whose authors' scripts give per-dataset values: dnr, mmpareto) names a registered
     method."""
     for dataset in REAL:
         stems = {p.stem for p in (CONFIGS / dataset).glob("*.yaml")}

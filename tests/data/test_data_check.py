@@ -1,4 +1,4 @@
-"""A broken data file is found before training, not after it (issue 23 B): the pass over every
+"""A broken data file is found before training, not after it: the pass over every
 lazily read file of every split, its cache, ``train`` stopping before the first epoch, and
 ``mmbalance data check``."""
 

@@ -1,4 +1,4 @@
-"""Dataset pickles never run code (issue 23 A): the fixtures in the real layouts still load,
+"""Dataset pickles never run code: the fixtures in the real layouts still load,
 at every pickle protocol; pickles that would run a command are refused by every reader, with
 one line naming the file and the global, and the command never runs."""
 

@@ -1,4 +1,4 @@
-"""``trainer.log_term_grad_norms`` (issue 14.3): per-term gradient norms reaching each encoder,
+"""``trainer.log_term_grad_norms``: per-term gradient norms reaching each encoder,
 and the shares ``diagnose`` reports."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Contract tests written against the survivors of the losses mutation run (issue 13 point 8):
+"""Contract tests written against the survivors of the losses mutation run:
 each checks a documented behaviour against hand-computed values or an independent reference.
 docs/testing.md lists which test kills which mutants."""
 

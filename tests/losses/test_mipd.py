@@ -1,6 +1,6 @@
 """MIPD gradient routing against an independent implementation of the authors' detach-copy
-formulas, parameter group by parameter group (issue 14.1), and the decomposed path against
-the generic one (issue 12.1)."""
+formulas, parameter group by parameter group, and the decomposed path against
+the generic one."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Method docstrings (issue 10): the formula in the first paragraph, departures and optimizer
+"""Method docstrings: the formula in the first paragraph, departures and optimizer
 advice under ``Notes:``, and no prose copy of the ``reference`` attribute."""
 
 from __future__ import annotations

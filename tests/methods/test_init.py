@@ -1,4 +1,4 @@
-"""``method.init=unimodal`` (issue 14.2): one stage mechanism for every method, the encoder
+"""``method.init=unimodal``: one stage mechanism for every method, the encoder
 learning-rate scale, unipre_finetuned as joint training from unimodal stages, and stages
 cached by configuration."""
 

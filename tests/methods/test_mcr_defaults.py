@@ -1,4 +1,4 @@
-"""MCR's generic defaults are the paper's weights and the official code's start (issue 28.6);
+"""MCR's generic defaults are the paper's weights and the official code's start;
 the weights tuned on our own benchmarks live on as a named configuration."""
 
 from __future__ import annotations

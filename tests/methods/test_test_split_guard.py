@@ -1,4 +1,4 @@
-"""Nothing is read from the test split before the final evaluation, for every method (issue 23 §4).
+"""Nothing is read from the test split before the final evaluation, for every method.
 
 Every run that :func:`mmbalance.training.train` makes (the final run and each pipeline
 stage) builds its data through ``run.build_data``; the test replaces that bundle's test

@@ -1,4 +1,4 @@
-"""Any nn.Module is an encoder (issue 15.1): feature sizes come from the first batch, an
+"""Any nn.Module is an encoder: feature sizes come from the first batch, an
 optimizer built before it still trains everything, and tuple/dict/sequence outputs work."""
 
 from __future__ import annotations

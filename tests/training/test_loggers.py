@@ -1,4 +1,4 @@
-"""``trainer.logger`` (issue 15.3): Lightning's loggers, stable scalar names, TensorBoard read
+"""``trainer.logger``: Lightning's loggers, stable scalar names, TensorBoard read
 back, wandb offline without a network, one-line errors."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class MCR(Method):
         ``mipd_weight`` 0.1, ``contrastive_weight`` 1; the same as :class:`mmbalance.MCRLoss`)
         and the official code's start (``--pre`` is off unless given: from scratch). Weights
         chosen on our own benchmarks (docs/evidence/mcr_defaults.md) lowered MCR by 1-4 points
-        on held-out data (issue 28), so they are kept only as the named configuration
+        on held-out data, so they are kept only as the named configuration
         ``configs/tuned/mcr_synthetic_mfeat.yaml``.
 
         The authors' MCR runs start from unimodally trained encoders (``--pre``) on

@@ -1,5 +1,5 @@
 """``bench speed --loop``: the whole ``mmbalance train`` run against a minimal plain-PyTorch
-loop on the same model, data and epochs (issue 12.3).
+loop on the same model, data and epochs: what the loop itself costs.
 
 Both run as fresh processes (``python -m ...``), so the figure is what a user waits for:
 interpreter start and imports, the data, the epochs, the validation after each epoch, the
