@@ -236,7 +236,7 @@ METHODS: Tuple[SpeedVariant, ...] = (
     _mcr("mcr_input_noise_p4", 4, perturbation="input_noise"),
     _mcr("mcr_input_zero", 1, perturbation="input_zero"),
     _mcr("mcr_reencode", 32, method="mcr_reencode"),
-    # the field's other methods (issue 24); ume trains nothing after its stages, so it has no step
+    # the field's other balancing methods; ume trains nothing after its stages, so it has no step
     SpeedVariant("umt", "umt"), SpeedVariant("cml", "cml"), SpeedVariant("mbsd", "mbsd"),
     SpeedVariant("mmpareto", "mmpareto"), SpeedVariant("gblending", "gblending"), SpeedVariant("opm", "opm"),
     SpeedVariant("lfm", "lfm"), SpeedVariant("dnr", "dnr"),
