@@ -8,6 +8,7 @@ import argparse
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,28 @@ def test_launcher_submitit_without_the_extra_is_one_line(tmp_path, monkeypatch, 
     assert code == 2 and err == "error: --launcher submitit needs submitit: pip install 'mmbalance[slurm]'\n"
     assert not any(tmp_path.iterdir())  # failed before any work
     assert _options("--launcher", "local").launcher == "local"  # the local launcher never needs it
+
+
+def test_the_stage_cache_lock_refreshes_the_nfs_view_and_names_a_file_system_without_locks(tmp_path, monkeypatch):
+    import errno
+    from mmbalance.training import run
+    lock = tmp_path / "stage_cache" / "unimodal_x1-0123456789ab.lock"
+    (tmp_path / "stage_cache" / "unimodal_x1-0123456789ab").mkdir(parents=True)
+    changed = []
+    monkeypatch.setattr(run.os, "chmod", lambda path, mode: changed.append((Path(path), mode)))
+    with run._locked(lock):
+        # under the lock: the cache folder and the stage's folder were re-read (mode set to itself)
+        stage = lock.with_name("unimodal_x1-0123456789ab")
+        assert changed == [(lock.parent, lock.parent.stat().st_mode & 0o7777), (stage, stage.stat().st_mode & 0o7777)]
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run.fcntl, "flock", no_locks)
+    with pytest.raises(ConfigError, match=r"cannot lock .*unimodal_x1-0123456789ab\.lock \(No locks available\); "
+                                          r"the cache needs flock that holds across nodes"):
+        with run._locked(lock):
+            pass
 
 
 submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install 'mmbalance[slurm]'): "
@@ -114,3 +137,4 @@ def test_tune_workers_need_the_submitit_launcher(tmp_path, capsys):
     code = main(["tune", "--data", "synthetic", "--method", "joint", "--trials", "2", "--out", str(tmp_path),
                  "--workers", "2"])
     assert code == 2 and "add --launcher submitit" in capsys.readouterr().err
+

@@ -201,8 +201,12 @@ class _StageEntry:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self._handle = handle
+                _fresh_view(self._lock)
             except BlockingIOError:  # another process trains this stage: do not wait for it
                 handle.close()
+            except OSError as exc:  # no locks on this file system: fail before training, not after
+                handle.close()
+                raise _lock_error(self._lock, exc) from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -324,15 +328,36 @@ def _locked(path: Path, on_wait=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another worker holds it: say so, then wait
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another worker holds it: say so, then wait
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise _lock_error(path, exc) from None
+        _fresh_view(path)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fresh_view(lock: Path) -> None:
+    """After taking ``lock``: an NFS client caches lookups (another node's new file can look
+    absent for up to ``acdirmax``, a minute); setting a folder's mode to itself makes it fetch
+    the folder's attributes again, so the checks under the lock see the other job's stage."""
+    for folder in (lock.parent, lock.with_name(lock.name[:-len(".lock")])):
+        try:
+            os.chmod(folder, folder.stat().st_mode & 0o7777)
+        except OSError:
+            pass
+
+
+def _lock_error(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"trainer.stage_cache: cannot lock {path} ({exc.strerror or exc}); the cache needs flock "
+                       "that holds across nodes (NFS with its lock service, Lustre mounted with -o flock, GPFS, "
+                       "CephFS), or leave trainer.stage_cache unset")
 
 
 def _trainer(cfg: RunConfig, out: RunDir, extra: Sequence[Any] = ()):
