@@ -96,7 +96,8 @@ class AMCo(SeededMethod):
     def __init__(self, model, hparams=None) -> None:
         super().__init__(model, hparams)
         if self.hparams.eps <= 0 or self.hparams.rate < 0:
-            raise ConfigError(f"method 'amco': eps must be > 0 and rate >= 0, got {self.hparams.eps}, {self.hparams.rate}")
+            raise ConfigError(f"method 'amco': eps must be > 0 and rate >= 0, got eps {self.hparams.eps}, "
+                              f"rate {self.hparams.rate}")
         C, M = model.num_classes, len(model.modalities)
         self.linear_star = nn.Linear(C, C)
         self.register_buffer("dependent", torch.zeros(M, dtype=torch.bool))

@@ -22,7 +22,8 @@ VALUES = ("size", "correct")
 GAP_FUNCS = ("linear", "tanh", "square")
 
 
-def coalition_correct(model, inputs: Mapping[str, Tensor], labels: Tensor, drop: str = "feature") -> Dict[frozenset, Tensor]:
+def coalition_correct(model, inputs: Mapping[str, Tensor], labels: Tensor,
+                      drop: str = "feature") -> Dict[frozenset, Tensor]:
     """Coalition (frozenset of modalities, every non-empty one) -> (B,) bool: is the fused
     prediction right when every other modality is dropped (``MultimodalModel.forward_dropped``;
     with ``drop="feature"`` the inputs are encoded once and the features zeroed, the same
@@ -54,7 +55,7 @@ def contributions(correct: Mapping[frozenset, Tensor], modalities: List[str], va
 
 def sample_copies(phi: Tensor) -> Tensor:
     """Copies of a sample that keep only modality m, from its contribution ``phi``
-    (sample_level.py via datasets/dataloader.py): 1 if 0.4 < phi < 1, 2 if -0.1 < phi < 0.4,
+    (datasets/dataloader.py:154-184): 1 if 0.4 < phi < 1, 2 if -0.1 < phi < 0.4,
     3 if phi < -0.1, else 0 (the bounds themselves give 0)."""
     copies = torch.zeros_like(phi, dtype=torch.long)
     copies[(phi > 0.4) & (phi < 1)] = 1
@@ -64,8 +65,8 @@ def sample_copies(phi: Tensor) -> Tensor:
 
 
 def modality_copies(phi: Tensor, part_ratio: float, alpha: float, func: str, gen: torch.Generator) -> Tensor:
-    """(N, M) copies of the modality-level rule (modality_level.py:162-186, dataloader.py
-    ``AV_KS_Dataset_modality_level``): mean contributions over ``int(N part_ratio)`` rows drawn
+    """(N, M) copies of the modality-level rule (modality_level.py:143-161, dataloader.py
+    :296-316): mean contributions over ``int(N part_ratio)`` rows drawn
     with replacement, ``gap_m = 1 - mean_m``, ``d = (max gap - min gap) 2/3`` then ``alpha d``
     (linear), ``tanh(alpha d)`` or ``alpha d^1.5`` (square), and ``int(d N)`` rows drawn with
     replacement, each copied once keeping only the modality with the largest gap."""
@@ -103,17 +104,19 @@ class Valuation(SeededMethod):
         of code/datasets/dataloader.py, code/models/models.py:
 
         - value ``v(av) = 2 1[fused right]``, ``v(m) = 1[m right]``, ``phi_a = (v_a + v_av -
-          v_v)/2`` (sample_level.py:95-118); the unimodal prediction is the fused head on the
-          features with the other modality's feature zeroed (``exec_drop``, models.py), the
+          v_v)/2`` (sample_level.py:88-118); the unimodal prediction is the fused head on the
+          features with the other modality's feature zeroed (``exec_drop``, models.py:74-84), the
           default ``drop=feature``; ``drop=input`` zeroes raw inputs (BalanceBenchmark's);
         - for M modalities the value is generalised as ``v(S) = |S| 1[right with S]``, which
           gives the official numbers for two; ``value=correct`` is BalanceBenchmark's
           ``v(S) = 1[right with S]`` (a different scale for the same thresholds);
-        - re-sampled after epochs ``>= warmup - 1`` (sample_level.py:300-306), each epoch's
+        - re-sampled after epochs ``>= warmup - 1`` (sample_level.py:141, :330), each epoch's
           set rebuilt from that epoch's contributions; the copies' other modality is zeroed in
-          the training forward (models.py ``forward`` with ``drop``); the loss is CE on the
-          fused output only (``train_epoch``); defaults ``warmup`` 5, ``part_ratio`` 0.2,
+          the training forward (models.py:62-67); the loss is CE on the fused output only
+          (sample_level.py:173); defaults ``warmup`` 5, ``part_ratio`` 0.2,
           ``alpha`` 1, ``func`` linear (argparse);
+        - the official pass reads a second copy of the training set with its training
+          transforms (random crops) in eval mode; here the training split as loaded;
         - the official pass runs (and logs) every epoch; here it runs only when its result
           is used, after epochs ``>= warmup - 1``; the official ``np.random`` draws of the
           modality level come here from a generator seeded by (run seed, epoch), the same on
@@ -131,7 +134,7 @@ class Valuation(SeededMethod):
     """
 
     name = "valuation"
-    description = "Modality valuation: per-sample Shapley contributions; copies that train the low-contribution modality"
+    description = "Modality valuation: per-sample Shapley values; copies that train the low-contribution modality"
     reference = ("Wei, Feng, Wang, Hu, Enhancing Multimodal Cooperation via Sample-level Modality Valuation, "
                  "CVPR 2024")
     requires = frozenset({"classification"})
@@ -152,7 +155,8 @@ class Valuation(SeededMethod):
         hp = self.hparams
         for key, valid in (("level", LEVELS), ("func", GAP_FUNCS), ("drop", ("feature", "input")), ("value", VALUES)):
             if getattr(hp, key) not in valid:
-                raise ConfigError(f"method 'valuation': {key} {getattr(hp, key)!r} is unknown; valid: {', '.join(valid)}")
+                raise ConfigError(f"method 'valuation': {key} {getattr(hp, key)!r} is unknown; "
+                                  f"valid: {', '.join(valid)}")
         if hp.warmup < 1 or not 0 < hp.part_ratio <= 1:
             raise ConfigError(f"method 'valuation': warmup must be >= 1 and part_ratio in (0, 1], got "
                               f"{hp.warmup} and {hp.part_ratio}")
