@@ -196,3 +196,20 @@ def test_train_on_a_cremad_fixture_and_refuse_synthetic(tmp_path, capfd):
     err = capfd.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: method 'greedy' needs encoders that expose their stages") and "MLPEncoder" in err
+
+
+def test_bench_compare_and_synthetic_leave_greedy_out_of_mlp_benchmarks_and_refuse_it_when_named(capsys):
+    from mmbalance.bench.compare import runnable
+    from mmbalance.bench.runner import method_variants
+
+    from ..conftest import STAGEWISE, stagewise_npz
+    every = method_variants()
+    kept = runnable(every, None, "synthetic", {"data.n": 60}, "bench synthetic")
+    assert [v.label for v in kept] == [v.label for v in every if v.method != "greedy"]
+    assert capsys.readouterr().out.strip() == ("bench synthetic: greedy left out: method 'greedy' needs encoders that "
+                                               "expose their stages for intermediate fusion (ResNet-18: model.encoder="
+                                               "resnet18_audio or resnet18_video) (got x1: MLPEncoder, x2: MLPEncoder)")
+    with pytest.raises(ConfigError, match="^bench compare: method 'greedy' needs encoders that expose their stages"):
+        runnable(method_variants(["joint,greedy"]), ["joint,greedy"], "synthetic", {"data.n": 60}, "bench compare")
+    images = runnable(method_variants(["joint", "greedy"]), ["joint", "greedy"], stagewise_npz(), STAGEWISE, "x")
+    assert [v.label for v in images] == ["joint", "greedy"]  # ResNet encoders: the same budget as every method

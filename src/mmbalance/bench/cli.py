@@ -162,6 +162,9 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     out = Path(args.out or ("runs/bench/synthetic_quick" if args.quick else "runs/bench/synthetic"))
     settings = dataclasses.replace(_settings(args), stage_cache=str(out.resolve() / "stage_cache"))
     variants = method_variants(args.methods)
+    from .compare import runnable
+    variants = runnable(variants, args.methods, "synthetic", settings.run_overrides(*settings.grid[0], 0),
+                        "bench synthetic")  # MLP encoders: greedy (encoders with stages) does not apply
     tuned_dir = args.tuned
     if args.trials_per_method:
         from .synthetic import TUNE_POINT
@@ -313,6 +316,8 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
                                str(out / "stage_cache"), tuple(sorted(extra.items())))
     modalities = data_modalities(args.data, {**extra, "data.seed": args.data_seed})
     variants = compare_variants(args.methods, modalities)
+    from .compare import runnable
+    variants = runnable(variants, args.methods, args.data, {**extra, "data.seed": args.data_seed}, "bench compare")
     tuned_dir = None
     if args.trials_per_method:
         tuned_dir = _tune_all(variants, settings.run_overrides(0), args.trials_per_method, out / "tuned",

@@ -78,3 +78,30 @@ def data_modalities(data_spec: str, overrides: Mapping[str, Any]) -> List[str]:
     from ..methods import get_method
     from ..training.build import build_data
     return list(build_data(build_config("joint", data_spec, dict(overrides), get_method("joint").Hyperparameters)).shapes)
+
+
+def runnable(variants: Sequence[Variant], selected: Optional[Sequence[str]], data_spec: str,
+             overrides: Mapping[str, Any], what: str, log=print) -> List[Variant]:
+    """The variants whose method can run on the benchmark's model (built once from ``data_spec``
+    under ``overrides``; every method gets the same model). A method whose requirements it does
+    not meet (greedy: encoders with stages, where the benchmark's are MLPs) is left out with one
+    note line when every method runs, and is an error when ``selected`` names it."""
+    from ..config import build_config
+    from ..errors import ConfigError
+    from ..methods import get_method
+    from ..training.build import build_data, build_model
+    cfg = build_config("joint", data_spec, {k: v for k, v in overrides.items() if not k.startswith("method.")},
+                       get_method("joint").Hyperparameters)
+    model = build_model(build_data(cfg), cfg)
+    named = {s.strip() for item in selected or () for s in item.split(",")}
+    kept = []
+    for v in variants:
+        try:
+            get_method(v.method).check_requirements(model)
+        except ConfigError as err:
+            if v.method in named or v.label in named:
+                raise ConfigError(f"{what}: {err}") from None
+            log(f"{what}: {v.label} left out: {err}")
+            continue
+        kept.append(v)
+    return kept
