@@ -138,3 +138,29 @@ def test_tune_workers_need_the_submitit_launcher(tmp_path, capsys):
                  "--workers", "2"])
     assert code == 2 and "add --launcher submitit" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("state, waited_for", [("RUNNING", True), ("PENDING", True), ("COMPLETED", False),
+                                               ("FAILED", False)])
+def test_a_rerun_waits_for_the_job_an_earlier_call_left_queued_or_running(tmp_path, monkeypatch, state, waited_for):
+    """The parent died but its job lives on: the rerun must not submit the run a second time
+    into the same folder; a job the scheduler says has ended is submitted again."""
+    import json
+    from mmbalance.bench.launch import make_executor
+    from mmbalance.bench.launch_sweep import _still_queued
+    from mmbalance.bench.runner import Job, Variant
+    _fake_slurm(tmp_path, monkeypatch)
+    job_id = f"{5000 + ['RUNNING', 'PENDING', 'COMPLETED', 'FAILED'].index(state)}_3"  # the watcher caches by id
+    sacct = tmp_path / "bin" / "sacct"
+    sacct.write_text(f"#!/bin/sh\necho 'JobID|State|NodeList'\necho '{job_id}|{state}|node7'\n")
+    sacct.chmod(0o755)
+    job = Job(Variant("joint", "joint"), 0, (("seed", 0),))
+    run_dir = tmp_path / "out" / "runs" / job.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.json").write_text(json.dumps({"fingerprint": job.fingerprint}))
+    (run_dir / "launch.json").write_text(json.dumps({"job_id": job_id}))
+    executor = make_executor(LaunchOptions("submitit", "slurm"), tmp_path / "out" / "submitit")
+    handle = _still_queued(tmp_path / "out", job, executor)
+    assert (handle is not None) == waited_for and (handle is None or handle.job_id == job_id)
+    (run_dir / "job.json").write_text(json.dumps({"fingerprint": "another run"}))  # other settings: not its job
+    assert _still_queued(tmp_path / "out", job, executor) is None

@@ -147,8 +147,9 @@ def launch_jobs(todo: Sequence[Job], out: Path, runner: Runner, done: Done, opti
         before = set(active)
         submit(first)
         array = str(next(h for h in active if h not in before).job_id).split("_")[0]
-        log(f"submitted {len(first)} job(s) ({'submitit local executor on this machine' if local else 'SLURM array ' + array}"
-            f"{f', {len(queue)} more as these end' if queue else ''}); logs in {out / 'submitit'}")
+        where = "submitit local executor on this machine" if local else f"SLURM array {array}"
+        log(f"submitted {len(first)} job(s) ({where}{f', {len(queue)} more as these end' if queue else ''}); "
+            f"logs in {out / 'submitit'}")
     try:
         _wait(active, queue, submit, done, log)
     except BaseException:

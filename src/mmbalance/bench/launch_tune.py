@@ -64,7 +64,8 @@ def tune_launched(args, base: Dict[str, Any], options: LaunchOptions) -> int:
     print(f"the study has {last.finished_trials} finished trials ({last.counts()})")
     print(f"best: val {last.best_value:.4f} (trial {last.best_trial}) {last.best_params}")
     writer = next((r.final_by for r in done if r.final_by), None)
-    print(f"{'final' if last.final else 'provisional'}: {last.config_path}" + (f" (written by {writer})" if writer else ""))
+    print(f"{'final' if last.final else 'provisional'}: {last.config_path}"
+          + (f" (written by {writer})" if writer else ""))
     return 0 if len(done) == len(results) else 1
 
 
