@@ -84,3 +84,18 @@ def test_stage_fusion_on_encoders_without_stages_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"intermediate fusion needs encoders that expose their stages .*a \(MLPEncoder\)"):
         model.set_stage_fusion(Recorder())
     assert model.stage_fusion is None
+
+
+def test_an_encoders_forward_hooks_see_its_input_and_feature_on_the_stage_path():
+    torch.manual_seed(0)
+    model = MultimodalModel({"a": ResNet18Audio(width=4), "v": ResNet18Video(width=4)}, 3).eval()
+    model.set_stage_fusion(Recorder())
+    x = {"a": torch.randn(2, 12, 12), "v": torch.randn(2, 3, 2, 12, 12)}
+    seen = []
+    handle = model.encoders["v"].register_forward_hook(lambda mod, args, out: seen.append((args[0], out.clone())))
+    before = model(x).features["v"]
+    assert len(seen) == 1 and seen[0][0] is x["v"]
+    torch.testing.assert_close(seen[0][1], before)
+    handle.remove()
+    model.encoders["v"].register_forward_hook(lambda mod, args, out: torch.zeros_like(out))  # edits the output
+    assert float(model(x).features["v"].abs().sum()) == 0

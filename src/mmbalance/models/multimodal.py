@@ -239,7 +239,17 @@ class MultimodalModel(nn.Module):
         h = {m: self.encoders[m].stage_input(inputs[m]) for m in self.modalities}
         for name in self.encoders[self.modalities[0]].stages:
             h = dict(self.stage_fusion(name, {m: self.encoders[m].stage(name, h[m]) for m in self.modalities}))
-        return {m: self._feature(m, self.encoders[m].readout(h[m]), inputs[m]) for m in self.modalities}
+        return {m: self._feature(m, self._readout(m, h[m], inputs[m]), inputs[m]) for m in self.modalities}
+
+    def _readout(self, m: str, h: Tensor, x: Any) -> Tensor:
+        """The encoder's readout; its forward hooks fire with (input, feature) as if it had run
+        whole, so code that watches or edits an encoder's output sees the stage path too."""
+        encoder = self.encoders[m]
+        z = encoder.readout(h)
+        for hook in list(encoder._forward_hooks.values()):  # torch keeps them there (no public accessor)
+            out = hook(encoder, (x,), z)
+            z = z if out is None else out
+        return z
 
     def encode_modality(self, m: str, x: Any) -> Tensor:
         """(B, D_m) features of one modality: its encoder's output, checked, and a (B, T, D)
