@@ -228,7 +228,7 @@ def _mcr(label: str, permutations: int = 32, **extra) -> SpeedVariant:
     return SpeedVariant(label, method, (("num_permutations", permutations),) + tuple(sorted(extra.items())), chunk)
 
 
-#: The table's methods (the issue's list), in report order.
+#: The table's methods, in report order.
 METHODS: Tuple[SpeedVariant, ...] = (
     SpeedVariant("joint", "joint"), SpeedVariant("multiloss", "multiloss"), SpeedVariant("ogm_ge", "ogm_ge"),
     SpeedVariant("mlb", "mlb"), SpeedVariant("agm", "agm"),

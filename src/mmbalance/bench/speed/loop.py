@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-#: the small synthetic run of the issue's target: the default generator at the sweep's
+#: the small synthetic run the loop's target is stated for: the default generator at the sweep's
 #: headline setting, joint training (the plain loop's loss), no early stopping
 RUN_SETTINGS = ("data.shared=0.1", "data.unique1=0.8", "data.unique2=0.1", "trainer.patience=0")
 

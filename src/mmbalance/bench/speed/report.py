@@ -60,7 +60,7 @@ def setting_table(cells: Sequence) -> List[str]:
 
 
 def target_lines(results: Sequence, quick: bool = False) -> List[str]:
-    """The issue's targets for setting (b), met or missed, from this run's cells."""
+    """The step-time and memory targets (``TARGETS``) for setting (b), met or missed, from this run's cells."""
     cells = {(c.setting.name, c.variant.label): c for c in results}
     mine = cells.get((TARGETS["setting"], TARGETS["method"]))
     ref = cells.get((TARGETS["setting"], TARGETS["reference"]))
