@@ -308,8 +308,10 @@ def unmet(variant: SpeedVariant, model: MultimodalModel) -> Optional[str]:
 
 def own_model(variant: SpeedVariant) -> bool:
     """True for a method that changes its model (intermediate fusion installs MMTM between the
-    encoders' stages): it is timed on a model of its own, built with the same seed."""
-    return "stagewise_encoders" in _method_class(variant).requires
+    encoders' stages; a shared-head method gives it its ``fusion``): it is timed on a model of
+    its own, built with the same seed."""
+    cls = _method_class(variant)
+    return "stagewise_encoders" in cls.requires or getattr(cls, "fusion", None) is not None
 
 
 def build_method(variant: SpeedVariant, model: MultimodalModel):
