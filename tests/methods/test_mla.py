@@ -140,6 +140,13 @@ def test_predict_weighs_the_shared_head_outputs():
 
 
 @pytest.mark.parametrize("name", ["mla", "reconboost"])
+def test_a_regressor_is_refused_in_one_line(name):
+    model = MultimodalModel({"a": nn.Linear(3, 4), "b": nn.Linear(2, 4)}, 1, feature_dims={"a": 4, "b": 4})
+    with pytest.raises(ConfigError, match=f"^method '{name}' needs classification; the model is a regressor$"):
+        get_method(name)(model)
+
+
+@pytest.mark.parametrize("name", ["mla", "reconboost"])
 def test_train_on_a_three_modality_npz(name, tmp_path):
     data = three_modality_npz(tmp_path / "three.npz")
     extra = ["method.epochs_per_stage=1", "method.correct_epoch=1"] if name == "reconboost" else []
