@@ -151,3 +151,39 @@ def test_a_run_resumed_inside_a_re_sampled_epoch_ends_as_an_uninterrupted_one(tm
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, b["state_dict"][key]), key
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_re_sampled_epoch_then_resume_is_identical(tmp_path):
+    """Killed once the checkpoint of epoch 1 (the first re-sampled epoch) is written, resumed in
+    another process: the same metrics as the uninterrupted run."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["data.n=1000", "data.dim=16", "data.batch_size=16", "model.feature_dim=8", "model.hidden=16",
+            "trainer.max_epochs=3", "trainer.patience=0", "trainer.progress=false", "method.warmup=1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mmbalance", "train", "--data", "synthetic", "--method", "valuation", "--set", *args]
+    ref = subprocess.run([*cmd, "--out", str(tmp_path / "ref")], env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, deadline = out / "checkpoints" / "last.ckpt", time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        if last.exists():
+            ckpt = torch.load(last, weights_only=True)  # written atomically: whole or absent
+            if ckpt["epoch"] >= 1 and ckpt["mmbalance"]["epoch_batches"] == 0:
+                break
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed and not (out / "metrics.json").exists()
+    done = subprocess.run([*cmd, "--out", str(out), "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", out))
+    assert a["val"] == b["val"] and a["test"] == b["test"]
