@@ -267,6 +267,20 @@ class Method(nn.Module):
         before it through any module it calls again (the shared head)."""
         return None
 
+    def sub_step_loss(self, step: SubStep, batch: Batch, out: ModelOutput) -> LossTerms:
+        """The loss of one of :meth:`sub_steps` (default :meth:`training_loss`)."""
+        return self.training_loss(batch, out)
+
+    def after_step_backward(self, step: SubStep) -> Dict[str, float]:
+        """Gradient edits of one of :meth:`sub_steps` (default :meth:`after_backward`)."""
+        return self.after_backward()
+
+    def phase(self, epoch: int) -> Optional[Phase]:
+        """The phase of a staged schedule that ``epoch`` belongs to (``None``, default: no
+        stages). When it differs from the previous epoch's and says ``fresh_optimizer``, the
+        loop clears the optimizer state before the epoch, before :meth:`on_epoch_start`."""
+        return None
+
     def combine_gradients(self, loss: LossTerms, gradient: Any) -> Optional[Dict[nn.Parameter, Tensor]]:
         """Replaces the step's one backward of ``loss.total`` by gradients the method builds
         from separate per-term gradients (MMPareto's Pareto integration; AMCo).
