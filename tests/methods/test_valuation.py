@@ -44,8 +44,7 @@ def _inputs(m=3, b=24, seed=1):
     return {n: torch.randn(b, 4, generator=g) for n in MODS[:m]}, torch.randint(3, (b,), generator=g)
 
 
-@pytest.mark.parametrize("drop", ["feature", "input"])
-@pytest.mark.parametrize("value", ["size", "correct"])
+@pytest.mark.parametrize("drop, value", [("feature", "size"), ("input", "correct")])
 def test_contributions_equal_a_brute_force_over_orderings(drop, value):
     model = _model().eval()
     x, y = _inputs()
