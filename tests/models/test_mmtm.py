@@ -12,6 +12,11 @@ import torch
 from mmbalance.models.mmtm import MMTM, MMTMFusion
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny tensors run fastest on one thread."""
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 

@@ -13,6 +13,11 @@ from mmbalance.models.multimodal import stagewise
 from mmbalance.models.resnet import ResNet18Audio, ResNet18Video
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny tensors run fastest on one thread."""
+
+
 def _stagewise_features(encoder, x):
     h = encoder.stage_input(x)
     shapes = {}
