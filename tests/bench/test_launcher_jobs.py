@@ -98,3 +98,22 @@ def test_submitit_jobs_resume_after_a_stop_and_give_the_local_table(tmp_path, ca
     assert "1 of 2 runs already recorded" in text
     assert "1 run(s) resume from their last.ckpt: unimodal-x2__seed0" in text
     assert _rows(out / "results.csv") == _rows(tmp_path / "local" / "results.csv")
+
+
+@pytest.mark.slow
+def test_tune_workers_as_jobs_share_one_study(tmp_path, capsys, monkeypatch):
+    """`tune --launcher submitit --workers 2`: two jobs of the worker loop on one study run its
+    budget between them, each trial once, and the final file is written."""
+    import optuna
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    argv = ["tune", "--data", "synthetic", "--method", "joint", "--trials", "3", "--out", str(tmp_path), "--no-prune",
+            "--set", "data.n=200", "data.dim=8", "data.latent_dim=4", "model.feature_dim=8", "model.hidden=8",
+            "trainer.max_epochs=1", "--launcher", "submitit", "--submitit-cluster", "local", "--workers", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    ran = [json.loads(m) for m in re.findall(r"^worker \d ran trials (\[.*?\])$", out, re.M)]
+    assert len(ran) == 2 and sorted(ran[0] + ran[1]) == [0, 1, 2], out
+    study = optuna.load_study(study_name="joint", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert f"final: {tmp_path / 'joint.yaml'}" in out and (tmp_path / "joint.yaml").exists()

@@ -5,7 +5,8 @@ The parent stamps each run folder (``runs/<run_id>/job.json``) as a local sweep 
 submits one job per run (a SLURM array: ``executor.batch()``; on submitit's local executor,
 at most :func:`~.launch.parallel_jobs` at a time), waits, and hands every finished job's row
 to the runner's ``done``: the same progress line, ``results.csv`` and ``summary.md`` as a
-local sweep. Each job trains into its run folder on the shared file system, exactly as a
+local sweep (its seconds are the job's, from submission to its end: queue wait, start and
+training, so that the time left counts them). Each job trains into its run folder on the shared file system, exactly as a
 local run does, and returns its row.
 
 Stopped jobs lose at most an epoch (``last.ckpt`` is written at every epoch end and every
@@ -177,8 +178,9 @@ def _wait(active: Dict[Any, Tuple[Job, float]], queue: List[Job], submit, done: 
             stuck = handle in preempted and time.time() - preempted[handle] > PREEMPTED_S
             if not (stuck or handle.done()):
                 continue
-            job, _ = active.pop(handle)
-            done(job, *_outcome(handle, stuck))
+            job, submitted = active.pop(handle)
+            row, error, _ = _outcome(handle, stuck)
+            done(job, row, error, time.time() - submitted)  # the job's own time: queue, start and training
             if queue:
                 submit([queue.pop(0)])
         counts = job_states(active)
