@@ -187,3 +187,31 @@ def test_sigkill_after_a_re_sampled_epoch_then_resume_is_identical(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", out))
     assert a["val"] == b["val"] and a["test"] == b["test"]
+
+
+def test_per_row_puts_every_ranks_rows_back_in_split_order(monkeypatch):
+    """Under 2 ranks (simulated), rank r scores rows r, r+2, ...; per_row returns the split's row
+    order, as one process does."""
+    from mmbalance.training import passes as passes_module
+    from mmbalance.training.passes import EpochPasses
+
+    model = torch.nn.Module()
+    model.weight = torch.nn.Parameter(torch.zeros(1))
+    model.name = "probe"
+    data = _Items([({"a": torch.tensor([float(i)])}, torch.tensor(i)) for i in range(7)])
+
+    def fn(inputs, labels):
+        return {"row": labels, "twice": inputs["a"][:, 0] * 2}
+
+    def local(rank):
+        monkeypatch.setattr(samplers, "_ranks", lambda: (rank, 2))
+        return EpochPasses(model, {"train": data}, batch_size=3).per_row("train", fn)
+
+    shards = [local(0), local(1)]
+    assert shards[1]["row"].tolist() == [1, 3, 5]
+    monkeypatch.setattr(passes_module, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda every, mine: every.__setitem__(slice(None), shards))
+    whole = local(0)
+    assert whole["row"].tolist() == list(range(7))
+    assert whole["twice"].tolist() == [2.0 * i for i in range(7)]
