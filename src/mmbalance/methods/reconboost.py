@@ -76,7 +76,8 @@ class ReconBoost(Method):
           so the term has no gradient and does not act (BalanceBenchmark and the MCR
           authors copy this). Default here: only the previous learner is detached, so the
           term pulls ``f_m`` towards it; ``ga_detached=true`` is the official term. The
-          paper's own form of this term was not checked.
+          paper's abstract names a "memory consolidation scheme", which we read as this term;
+          its equation was not checked.
         - The schedule is in epochs of the one loop, so ``trainer.max_epochs`` counts both
           phases: a stage takes ``epochs_per_stage + correct_epoch`` epochs (official: a
           stage is one outer iteration, and the stopping rule ``check_status`` was not read).
