@@ -55,7 +55,9 @@ def append_row(path: Path, row: Mapping[str, object]) -> None:
 
 
 def run_one(setting: Mapping[str, object], panel: str, lr: float, seed: int, method: str,
-            fixed: Mapping[str, object], workdir: Path) -> Dict[str, object]:
+            fixed: Mapping[str, object], workdir: Path, known_ceiling=None) -> Dict[str, object]:
+    """One run; ``known_ceiling``: (both, x1, x2) of this setting and data seed from an
+    earlier row (the ceiling depends on the data only), else computed."""
     from mmbalance.analysis.runs import load_run
     from mmbalance.bench.scores import run_scores
     from mmbalance.config import build_config
@@ -78,14 +80,14 @@ def run_one(setting: Mapping[str, object], panel: str, lr: float, seed: int, met
     probes = probe_modalities(loaded.method.model, data.train, data.test)
     perm = permuted_accuracy(loaded.method.model, data.test, "x2", seed)
     kinds = np.asarray(data.extras["kind/test"])
-    ceiling = bayes_accuracy(cfg.data, draws=100_000)
+    ceiling = known_ceiling or bayes_accuracy(cfg.data, draws=100_000)[:3]
     shutil.rmtree(out, ignore_errors=True)
     kind_acc, shap = scores["kind_accuracy"], scores["shapley"]
     return {"n": cfg.data.n, "n_test": len(data.test), "n_unique2": int((kinds == 2).sum()),
             "val_acc": metrics["val"]["accuracy"], "test_acc": metrics["test"]["accuracy"],
             **{f"acc_{k}": kind_acc.get(k, "") for k in KINDS}, "macro_f1": metrics["test"].get("macro_f1", ""),
-            "probe_x1": probes["x1"], "probe_x2": probes["x2"], "acc_perm_x2": perm, "ceiling_both": ceiling.both,
-            "ceiling_x1": ceiling.x1, "ceiling_x2": ceiling.x2,
+            "probe_x1": probes["x1"], "probe_x2": probes["x2"], "acc_perm_x2": perm, "ceiling_both": ceiling[0],
+            "ceiling_x1": ceiling[1], "ceiling_x2": ceiling[2],
             "shap_zero_x1": shap["zero"]["x1"], "shap_zero_x2": shap["zero"]["x2"],
             "shap_perm_x1": shap["permute"]["x1"], "shap_perm_x2": shap["permute"]["x2"],
             "epochs": metrics["epochs_run"], "seconds": round(seconds, 1)}
@@ -182,6 +184,9 @@ def main(argv=None) -> int:
     p.add_argument("--csv", type=Path, default=Path("docs/evidence/regime_fusion_runs.csv"))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/regime_fusion_runs"))
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(LRS),
+                   help="the SGD rates this process runs for the choice (split the choice between processes that "
+                        "share one --csv; the rule still needs every rate of LRS)")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -197,16 +202,21 @@ def main(argv=None) -> int:
         for panel in panels:
             todo = []
             if chosen_lr(read_rows(args.csv), setting, panel) is None:  # SGD: the rate choice first
-                todo += [(lr, s, VARIANTS[0]) for lr in LRS for s in LR_SEEDS]
+                todo += [(lr, s, VARIANTS[0]) for lr in args.lrs for s in LR_SEEDS]
             todo += [(None, s, v) for s in args.seeds for v in VARIANTS]
             for lr, seed, (label, method, fixed) in todo:
                 rows = read_rows(args.csv)
+                while lr is None and chosen_lr(rows, setting, panel) is None:  # another process runs the rest
+                    time.sleep(10)
+                    rows = read_rows(args.csv)
                 lr = lr if lr is not None else chosen_lr(rows, setting, panel)
                 if any(r["setting"] == setting and r["panel"] == panel and math.isclose(float(r["lr"]), lr)
                        and int(r["seed"]) == seed and r["variant"] == label for r in rows):
                     continue
+                known = next((tuple(float(r[k]) for k in ("ceiling_both", "ceiling_x1", "ceiling_x2")) for r in rows
+                              if r["setting"] == setting and int(r["seed"]) == seed), None)
                 row = {"setting": setting, "panel": panel, "lr": lr, "seed": seed, "variant": label,
-                       **run_one(overrides, panel, lr, seed, method, fixed, args.workdir)}
+                       **run_one(overrides, panel, lr, seed, method, fixed, args.workdir, known)}
                 append_row(args.csv, row)
                 k += 1
                 print(f"[{k}] {setting} {panel} lr {lr:g} seed {seed} {label}: acc {100 * row['test_acc']:.1f} "
