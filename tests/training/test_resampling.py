@@ -88,6 +88,12 @@ def test_ddp_shards_cover_the_padded_order_with_equal_lengths(monkeypatch):
     padded = (whole * 2)[:total]
     assert [len(s) for s in shards] == [total // 3] * 3
     assert [padded[r::3] for r in range(3)] == shards
+    monkeypatch.setattr(samplers, "_ranks", lambda: (2, 3))  # rank 2 resumed 4 rows into its shard
+    first = ResumableSampler(range(N), torch.Generator().manual_seed(1), lambda: plan)
+    _order(first)
+    again = ResumableSampler(range(N), torch.Generator().manual_seed(0), lambda: plan)
+    again.resume_at(first.epoch_state, 4)
+    assert _order(again) == shards[2][4:]
 
 
 def _dataset():
