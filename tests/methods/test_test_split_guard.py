@@ -165,8 +165,8 @@ def test_no_method_reads_the_test_split_before_the_final_evaluation(name, guards
 
 @pytest.mark.parametrize("name, options", [
     ("gblending", {"method__held_out": "val"}),  # the default (train) runs in the test above
-    ("lfm", {"method__weighting": "learned"}),  # 16 training rows held out (the official carve)
-], ids=["gblending-held_out_val", "lfm-learned-held_out_train"])
+    ("lfm", {"method__weighting": "learned", "method__held_out": "val"}),  # the default: tests/methods/test_lfm.py
+], ids=["gblending-held_out_val", "lfm-learned-held_out_val"])
 def test_held_out_choices_do_not_read_the_test_split(name, options, guards, tmp_path):
     metrics = run_module.train(_config(name, trainer__max_epochs=1, **options), tmp_path / name)
     (guard,) = guards
