@@ -67,11 +67,11 @@ class LFM(Method):
     - ``weighting=learned`` (``Crema_epoch_learnable.py``): ``w_align`` starts at
       ``alpha_init`` (0.95) and after each epoch takes one step
       ``w_align <- clip(w_align - lr_alpha * g, 0.05, 0.95)``, where on ``val_rows`` held-out rows,
-      with ``L_v = w_cls CE + w_align A`` (no factor 2), the held-out rows being
-      ``held_out_size`` (16) training rows held out of training for the whole run
-      (``held_out=train``, official) or the run's validation split (``held_out=val``), ``g`` is the mean of the Hessian-vector
+      with ``L_v = w_cls CE + w_align A`` (no factor 2), ``g`` is the mean of the Hessian-vector
       product ``d/dθ <dL_v/dθ, stop(dCE/dθ)>`` over the model's first parameter tensor
-      (``alpha_grad=first``, official) or over every parameter (``alpha_grad=all``).
+      (``alpha_grad=first``, official) or over every parameter (``alpha_grad=all``). The
+      held-out rows: ``held_out_size`` (16) training rows kept out of training for the whole
+      run (``held_out=train``, official) or the run's validation split (``held_out=val``).
       ``lr_alpha`` halves every 20 epochs.
 
     State (the epoch whose weight applies, ``w_align`` and ``lr_alpha``) lives in buffers: a
