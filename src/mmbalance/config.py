@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
 
+from .config_paths import PATH_KEYS, absolute_path_value, resolve_data_spec  # noqa: F401 (re-exported)
 from .errors import ConfigError, closest, did_you_mean
 
 
@@ -161,35 +162,6 @@ SYNTHETIC_KEYS = tuple(f.name for f in dataclasses.fields(SyntheticSpec) if f.na
 #: data keys that only the built-in real datasets read
 DATASET_KEYS = ("root", "fold", "modalities", "image_size", "num_frames", "sample_rate", "audio_seconds",
                 "spectrogram_dir", "val_fraction", "features", "audio_input")
-
-
-def resolve_data_spec(spec: str) -> str:
-    """``spec`` with a file path made absolute (``synthetic`` and dataset names unchanged), so
-    that a run's saved configuration works from any working directory."""
-    path = Path(spec).expanduser()
-    looks_like_file = path.suffix in (".npz", ".h5", ".hdf5") or path.is_file()
-    return str(path.resolve()) if looks_like_file and spec != "synthetic" else spec
-
-
-#: dotted keys whose values are local paths (``model.pretrained`` may be ``audio=DIR,video=DIR``)
-PATH_KEYS = ("data.root", "data.spectrogram_dir", "model.pretrained", "trainer.stage_cache")
-
-
-def absolute_path_value(key: str, value: Any) -> Any:
-    """``value`` of the dotted ``key`` with relative local paths made absolute (against the
-    working directory), so a saved config or a printed resume command works from anywhere.
-    Values of other keys, non-strings, and names that are not local paths (a Hugging Face
-    model id) are returned unchanged; ``trainer.stage_cache`` is a folder to be made, so it is
-    resolved even when it does not exist yet."""
-    if key not in PATH_KEYS or not isinstance(value, str) or not value:
-        return value
-    if key == "model.pretrained" and "=" in value:
-        parts = (part.partition("=") for part in value.split(","))
-        return ",".join(f"{m}={absolute_path_value(key, p)}" for m, _, p in parts)
-    path = Path(value).expanduser()
-    if path.is_absolute() or not (key == "trainer.stage_cache" or path.exists()):
-        return str(path) if path.is_absolute() else value
-    return str(path.resolve())
 
 
 def record(cfg: RunConfig, given: Optional[str] = None) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "mmbalance"
 
 #: first dotted part below ``mmbalance`` -> layer; a module may import its own layer or lower
 LAYERS: Dict[str, int] = {
-    "types": 0, "errors": 0, "config": 0, "shapley": 0, "version": 0,
+    "types": 0, "errors": 0, "config": 0, "config_paths": 0, "shapley": 0, "version": 0,
     "models": 1, "losses": 1,
     "methods": 2,
     "engine": 3,
