@@ -80,7 +80,7 @@ def test_every_key_carries_its_source(path):
         if top:
             section = top.group(1)
             continue
-        key = re.match(r"^  ([a-z_]+):\s*(.*?)\s+#\s+(.+)$", line)
+        key = re.match(r"^  ([a-z_0-9]+):\s*(.*?)\s+#\s+(.+)$", line)  # (weight1: digits too)
         assert key, f"{path}: no source comment on {line!r}"
         name, _, comment = key.groups()
         assert comment == table[f"{section}.{name}"][1], f"{path}: {section}.{name}"
