@@ -271,10 +271,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configs = all_configs()
         jobs = make_jobs(args.phase, configs, args.datasets)
         todo = ms.pending(jobs, ms.read_rows(args.csv))
+        print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {args.csv}, {len(todo)} to run"
+              + (f" (at most {args.limit} now)" if args.limit else ""), flush=True)
         todo = todo[:args.limit] if args.limit else todo
-        print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {args.csv}, {len(todo)} to run", flush=True)
-        ms.run_job = run_job  # ms.run_all trains each job with this module's run_job
-        failed = ms.run_all(todo, args.csv, args.workers, args.workdir, args.workdir / "stage_cache") if todo else 0
+        failed = ms.run_all(todo, args.csv, args.workers, args.workdir, args.workdir / "stage_cache",
+                            runner=run_job) if todo else 0
     rows = ms.read_rows(args.csv)
     if args.report:
         print(report(rows))

@@ -368,7 +368,11 @@ def _clock(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
-def run_all(todo: Sequence[Job], csv_path: Path, workers: int, workdir: Path, stage_cache: Path) -> int:
+def run_all(todo: Sequence[Job], csv_path: Path, workers: int, workdir: Path, stage_cache: Path,
+            runner=None) -> int:
+    """Trains ``todo`` with ``runner`` (default :func:`run_job`; studies/lodo_defaults.py passes
+    its own for its data sets), appending a CSV row per finished run; returns the failures."""
+    runner = runner or run_job
     start, busy, failed = time.perf_counter(), [0.0], []
     total = len(todo)
 
@@ -386,11 +390,11 @@ def run_all(todo: Sequence[Job], csv_path: Path, workers: int, workdir: Path, st
 
     if workers <= 1:
         for k, job in enumerate(todo, 1):
-            done(k, job, *run_job(job, str(workdir), str(stage_cache)))
+            done(k, job, *runner(job, str(workdir), str(stage_cache)))
     else:
         from mmbalance.bench.runner import worker_pool  # spawned workers, one thread each with 2 on 2 cores
         with worker_pool(workers) as pool:
-            futures = {pool.submit(run_job, job, str(workdir), str(stage_cache)): job for job in todo}
+            futures = {pool.submit(runner, job, str(workdir), str(stage_cache)): job for job in todo}
             for k, future in enumerate(as_completed(futures), 1):
                 done(k, futures[future], *future.result())
     for key, error in failed:
