@@ -50,3 +50,17 @@ def test_bad_presets_are_one_clear_line():
         get_preset("nope")
     with pytest.raises(ConfigError, match="--preset competition-sgd sets the synthetic generator"):
         compare_preset("competition-sgd", "mfeat", {})
+
+
+def test_competition_presets_are_the_setting_the_regime_study_chose():
+    """docs/evidence/regime_fusion.md's decision: G2 (signed, latent 50, signal2 4, depth2 3) at
+    n 20,000 with seeds 0-9; Adam met the criterion, SGD (lr 0.03) did not and says so."""
+    for name in ("competition-adam", "competition-sgd"):
+        extra, seeds = compare_preset(name, "synthetic", {})
+        data = build_config("joint", "synthetic", extra, get_method("joint").Hyperparameters).data
+        assert (data.family, data.latent_dim, data.signal2, data.depth2, data.n) == ("signed", 50, 4.0, 3, 20000)
+        assert (data.signal1, data.depth1, data.unique2) == (1.5, 1, 0.1) and seeds == tuple(range(10))
+    assert PRESETS["competition-adam"].met is True and "DID NOT" not in PRESETS["competition-adam"].help()
+    sgd = PRESETS["competition-sgd"]
+    assert sgd.met is False and "DID NOT MEET the competition criterion" in sgd.help()
+    assert dict(sgd.overrides)["optim.lr"] == 0.03
