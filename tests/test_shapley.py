@@ -16,6 +16,8 @@ from mmbalance.models import MultimodalModel
 from mmbalance.models.encoders import MLPEncoder
 from mmbalance.shapley import modality_shapley
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
+
 
 class Stub:
     """The two things modality_shapley uses of a method: ``model`` and ``predict``."""
