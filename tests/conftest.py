@@ -43,6 +43,36 @@ def three_modality_npz(path, signal=(0.5, 0.5, 0.5)):
     return path
 
 
+
+def last_state(run):
+    """The ``state_dict`` of run folder ``run``'s ``checkpoints/last.ckpt``."""
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def whole_and_resumed(args, folder, epochs: int, stop: int):
+    """``mmbalance train ARGS`` for ``epochs`` epochs in ``folder/whole``, and for ``stop`` epochs
+    then ``--resume`` to ``epochs`` in ``folder/part`` (each exits 0); returns the last-checkpoint
+    state dicts of the whole run, of the part at its stop, and of the resumed run (an exact
+    resume makes the first and the last equal)."""
+    from mmbalance.cli import main
+    assert main(args + ["--set", f"trainer.max_epochs={epochs}", "--out", str(folder / "whole")]) == 0
+    assert main(args + ["--set", f"trainer.max_epochs={stop}", "--out", str(folder / "part")]) == 0
+    stopped = last_state(folder / "part")
+    assert main(args + ["--set", f"trainer.max_epochs={epochs}", "--out", str(folder / "part"), "--resume"]) == 0
+    return last_state(folder / "whole"), stopped, last_state(folder / "part")
+
+
+def train_synthetic_cli(method: str, folder, *sets: str):
+    """``mmbalance train --method METHOD --data synthetic`` for one epoch on 200 tiny points in
+    ``folder/syn``, plus ``--set`` of each of ``sets`` (exit 0); returns its ``metrics.json``."""
+    import json
+    from mmbalance.cli import main
+    assert main(["train", "--data", "synthetic", "--method", method, "--set", "data.n=200", "--set", "data.dim=16",
+                 "--set", "model.hidden=16", "--set", "model.feature_dim=8", "--set", "trainer.max_epochs=1",
+                 "--set", "trainer.progress=false", *(a for k in sets for a in ("--set", k)),
+                 "--out", str(folder / "syn")]) == 0
+    return json.loads((folder / "syn" / "metrics.json").read_text())
+
 #: model keys for a method that requires stage-wise encoders (intermediate fusion): ResNet-18 of width 4
 STAGEWISE = {"model.encoder": "resnet18_video", "model.base_width": 4}
 _STAGEWISE_FILES: dict = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -21,7 +20,7 @@ from mmbalance.methods.hparams import log_uniform, searched
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
-from ..conftest import three_modality_npz as _three_modality_npz
+from ..conftest import three_modality_npz as _three_modality_npz, train_synthetic_cli
 
 NAMES = ("a", "v", "t")
 IN = {"a": 3, "v": 4, "t": 2}
@@ -195,7 +194,5 @@ def test_trains_on_three_modalities_and_resumes(tmp_path):
 
 
 def test_trains_on_synthetic_from_the_command_line(tmp_path):
-    assert main(["train", "--data", "synthetic", "--method", "cml", "--set", "data.n=200", "--set", "data.dim=16",
-                 "--set", "model.hidden=16", "--set", "model.feature_dim=8", "--set", "trainer.max_epochs=1",
-                 "--set", "method.drop=feature", "--set", "trainer.progress=false",
-                 "--out", str(tmp_path / "syn")]) == 0
+    metrics = train_synthetic_cli("cml", tmp_path, "method.drop=feature")
+    assert metrics["method"] == "cml"

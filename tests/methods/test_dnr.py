@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -26,7 +25,7 @@ from mmbalance.methods.dnr import DnR, cluster_purity, kmeans, minmax_scale, rel
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.training import build_data, build_method, build_model
 
-from ..conftest import tiny_config
+from ..conftest import three_modality_npz, tiny_config, whole_and_resumed
 from .test_test_split_guard import check_test_split_untouched, guards, run_module  # noqa: F401 (a fixture)
 
 NAMES = ("a", "v", "t")
@@ -266,21 +265,9 @@ def test_trains_on_a_three_modality_npz_and_a_resumed_run_ends_alike(tmp_path):
     """3 epochs whole, or 2 then ``--resume`` to 3: re-initialised after epochs 1 and 2 either way,
     the same weights and initial copy at the end."""
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    label = np.arange(90) % 3
-    arrays = {m: (rng.normal(size=(90, d)) + label[:, None] * 0.5).astype(np.float32)
-              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
-    np.savez(tmp_path / "three.npz", label=label, **arrays)
-    args = ["train", "--data", str(tmp_path / "three.npz"), "--method", "dnr", "--set", "trainer.progress=false",
-            "model.hidden=8", "model.feature_dim=4", "method.reinit_epoch=1"]
-    assert main(args + ["trainer.max_epochs=3", "--out", str(tmp_path / "whole")]) == 0
-    assert main(args + ["trainer.max_epochs=2", "--out", str(tmp_path / "part")]) == 0
-    assert main(args + ["trainer.max_epochs=3", "--out", str(tmp_path / "part"), "--resume"]) == 0
-
-    def state(run):
-        return torch.load(tmp_path / run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
-
-    whole, resumed = state("whole"), state("part")
+    args = ["train", "--data", str(three_modality_npz(tmp_path / "three.npz")), "--method", "dnr",
+            "--set", "trainer.progress=false", "model.hidden=8", "model.feature_dim=4", "method.reinit_epoch=1"]
+    whole, _, resumed = whole_and_resumed(args, tmp_path, epochs=3, stop=2)
     assert int(whole["method.reinits"]) == 2 and whole["method._extra_state"].numel() > 0
     assert whole.keys() == resumed.keys()
     for key, value in whole.items():

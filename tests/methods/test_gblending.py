@@ -13,13 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbalance.cli import main
 from mmbalance.errors import ConfigError
 from mmbalance.methods import get_method
 from mmbalance.methods.gblending import GBlending, blend_weights
@@ -27,7 +25,7 @@ from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.training.passes import SplitLosses
 from mmbalance.types import Batch
 
-from ..conftest import three_modality_npz as _three_modality_npz
+from ..conftest import three_modality_npz as _three_modality_npz, train_synthetic_cli, whole_and_resumed
 
 NAMES = ("a", "v", "t")
 DIMS = (5, 3, 4)
@@ -155,23 +153,18 @@ def test_refusals_and_search_space():
     assert get_method("gblending") is GBlending
 
 
-def _state(run):
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return {k: state[f"method.{k}"] for k in ("weights", "record", "record_epoch", "estimates")}
+KEYS = ("weights", "record", "record_epoch", "estimates")
 
 
 def test_trains_on_three_modalities_and_resumes_with_its_weights(tmp_path):
     data = _three_modality_npz(tmp_path / "three.npz")
     args = ["train", "--data", str(data), "--method", "gblending", "--set", "trainer.progress=false",
             "--set", "model.hidden=8", "--set", "model.feature_dim=4", "--set", "method.super_epoch=1"]
-    assert main(args + ["--set", "trainer.max_epochs=4", "--out", str(tmp_path / "whole")]) == 0
-    whole = _state(tmp_path / "whole")
+    whole, stopped, resumed = (
+        {k: state[f"method.{k}"] for k in KEYS} for state in whole_and_resumed(args, tmp_path, epochs=4, stop=2))
     assert int(whole["estimates"]) == 3 and int(whole["record_epoch"]) == 3 and whole["weights"].shape == (4,)
     assert float(whole["weights"].sum()) == pytest.approx(1.0)
-    assert main(args + ["--set", "trainer.max_epochs=2", "--out", str(tmp_path / "part")]) == 0
-    assert int(_state(tmp_path / "part")["estimates"]) == 1
-    assert main(args + ["--set", "trainer.max_epochs=4", "--out", str(tmp_path / "part"), "--resume"]) == 0
-    resumed = _state(tmp_path / "part")
+    assert int(stopped["estimates"]) == 1
     for key, value in whole.items():
         assert torch.equal(value, resumed[key]), key
     metrics = json.loads((tmp_path / "part" / "metrics.json").read_text())
@@ -179,11 +172,8 @@ def test_trains_on_three_modalities_and_resumes_with_its_weights(tmp_path):
 
 
 def test_trains_on_synthetic_from_the_command_line(tmp_path):
-    assert main(["train", "--data", "synthetic", "--method", "gblending", "--set", "data.n=200",
-                 "--set", "data.dim=16", "--set", "model.hidden=16", "--set", "model.feature_dim=8",
-                 "--set", "trainer.max_epochs=1", "--set", "trainer.progress=false",
-                 "--out", str(tmp_path / "syn")]) == 0
-    assert json.loads((tmp_path / "syn" / "metrics.json").read_text())["method"] == "gblending"
+    metrics = train_synthetic_cli("gblending", tmp_path)
+    assert metrics["method"] == "gblending"
 
 
 _DDP = """

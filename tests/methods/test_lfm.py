@@ -14,21 +14,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mmbalance.cli import main
 from mmbalance.errors import ConfigError
 from mmbalance.methods import get_method
 from mmbalance.methods.lfm import LFM, heuristic_cls_weight
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
-from ..conftest import three_modality_npz as _three_modality_npz, tiny_config
+from ..conftest import three_modality_npz as _three_modality_npz, tiny_config, train_synthetic_cli, whole_and_resumed
 from .test_test_split_guard import check_test_split_untouched, guards, run_module  # noqa: F401 (fixture)
 
 NAMES = ("a", "v", "t")
@@ -195,22 +193,14 @@ def test_refusals_and_search_space():
     assert get_method("lfm") is LFM
 
 
-def _state(run):
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("method.")}
-
-
 def test_learned_trains_on_three_modalities_and_resumes(tmp_path):
     data = _three_modality_npz(tmp_path / "three.npz")
     args = ["train", "--data", str(data), "--method", "lfm", "--set", "trainer.progress=false",
             "--set", "model.hidden=8", "--set", "model.feature_dim=4", "--set", "method.weighting=learned",
             "--set", "method.lr_alpha=10.0"]
-    assert main(args + ["--set", "trainer.max_epochs=3", "--out", str(tmp_path / "whole")]) == 0
-    whole = _state(tmp_path / "whole")
+    whole, _, resumed = ({k: v for k, v in state.items() if k.startswith("method.")}
+                         for state in whole_and_resumed(args, tmp_path, epochs=3, stop=1))
     assert int(whole["method.updated_epoch"]) == 2 and float(whole["method.align_weight"]) != 0.95
-    assert main(args + ["--set", "trainer.max_epochs=1", "--out", str(tmp_path / "part")]) == 0
-    assert main(args + ["--set", "trainer.max_epochs=3", "--out", str(tmp_path / "part"), "--resume"]) == 0
-    resumed = _state(tmp_path / "part")
     for key, value in whole.items():
         assert torch.equal(value, resumed[key]), key
     metrics = json.loads((tmp_path / "part" / "metrics.json").read_text())
@@ -218,11 +208,8 @@ def test_learned_trains_on_three_modalities_and_resumes(tmp_path):
 
 
 def test_trains_on_synthetic_from_the_command_line(tmp_path):
-    assert main(["train", "--data", "synthetic", "--method", "lfm", "--set", "data.n=200",
-                 "--set", "data.dim=16", "--set", "model.hidden=16", "--set", "model.feature_dim=8",
-                 "--set", "trainer.max_epochs=1", "--set", "trainer.progress=false",
-                 "--out", str(tmp_path / "syn")]) == 0
-    assert json.loads((tmp_path / "syn" / "metrics.json").read_text())["method"] == "lfm"
+    metrics = train_synthetic_cli("lfm", tmp_path)
+    assert metrics["method"] == "lfm"
 
 
 def test_learned_weight_reads_validation_rows_never_the_test_split(guards, tmp_path):

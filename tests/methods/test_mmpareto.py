@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -19,6 +18,8 @@ from mmbalance.methods.hparams import searched, uniform
 from mmbalance.methods.mmpareto import min_norm_weights, pareto_gradient, pareto_weights
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
+
+from ..conftest import three_modality_npz, train_synthetic_cli
 
 GRID = torch.linspace(0, 1, 10001, dtype=torch.float64)
 
@@ -148,19 +149,12 @@ def test_defaults_and_search_space():
 
 
 def test_trains_on_synthetic_from_the_command_line(tmp_path):
-    assert main(["train", "--data", "synthetic", "--method", "mmpareto", "--set", "data.n=200", "--set", "data.dim=16",
-                 "--set", "model.hidden=16", "--set", "model.feature_dim=8", "--set", "trainer.max_epochs=1",
-                 "--set", "trainer.progress=false", "--out", str(tmp_path / "syn")]) == 0
-    assert json.loads((tmp_path / "syn" / "metrics.json").read_text())["method"] == "mmpareto"
+    metrics = train_synthetic_cli("mmpareto", tmp_path)
+    assert metrics["method"] == "mmpareto"
 
 
 def test_trains_on_three_modalities_and_resumes(tmp_path):
-    rng = np.random.default_rng(0)
-    label = np.arange(90) % 3
-    arrays = {m: (rng.normal(size=(90, d)) + label[:, None] * 0.5).astype(np.float32)
-              for m, d in (("audio", 4), ("video", 3), ("text", 5))}
-    np.savez(tmp_path / "three.npz", label=label, **arrays)
-    args = ["train", "--data", str(tmp_path / "three.npz"), "--method", "mmpareto", "--set", "trainer.max_epochs=2",
+    args = ["train", "--data", str(three_modality_npz(tmp_path / "three.npz")), "--method", "mmpareto", "--set", "trainer.max_epochs=2",
             "--set", "trainer.progress=false", "--set", "model.hidden=8", "--set", "model.feature_dim=4",
             "--out", str(tmp_path / "run")]
     assert main(args) == 0

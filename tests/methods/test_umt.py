@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -20,7 +19,7 @@ from mmbalance.methods.pipeline import unimodal_stages
 from mmbalance.models import MLPEncoder, MultimodalModel
 from mmbalance.types import Batch
 
-from ..conftest import three_modality_npz as _three_modality_npz
+from ..conftest import three_modality_npz as _three_modality_npz, train_synthetic_cli
 
 NAMES = ("a", "v", "t")
 DIMS = {"a": 5, "v": 3, "t": 4}
@@ -183,7 +182,6 @@ def test_trains_on_three_modalities_resumes_and_loads_back(tmp_path):
 
 
 def test_trains_on_synthetic_from_the_command_line(tmp_path):
-    assert main(["train", "--data", "synthetic", "--method", "umt", "--set", "data.n=200", "--set", "data.dim=16",
-                 "--set", "model.hidden=16", "--set", "model.feature_dim=8", "--set", "trainer.max_epochs=1",
-                 "--set", "trainer.progress=false", "--out", str(tmp_path / "syn")]) == 0
+    metrics = train_synthetic_cli("umt", tmp_path)
+    assert metrics["method"] == "umt"
     assert get_method("umt") is UMT
