@@ -300,7 +300,11 @@ def _claiming_worker(url, barrier, budget, result_path):
     study = optuna.load_study(study_name="claims", storage=storage)
     claims = TrialClaims(study, StudyAttrs(storage, storage.get_study_id_from_name("claims")))
     barrier.wait(60)
-    while claims.claim():
+    # each takes one claim before the race, so that both race for the rest even when the
+    # scheduler runs one process through the whole budget before the other wakes (a busy CI)
+    first = claims.claim()
+    barrier.wait(60)
+    while first and claims.claim():
         pass
     barrier.wait(60)
     won, _ = claims.claim_final(budget, {"worker": str(os.getpid())})
@@ -308,8 +312,9 @@ def _claiming_worker(url, barrier, budget, result_path):
 
 
 def claims_race(url, tmp_path, budget=40):
-    """Two processes claim trials of one study's budget as fast as they can, then race for
-    its final write: together they claim the budget exactly and one wins the final write."""
+    """Two processes claim trials of one study's budget as fast as they can (after one claim
+    each), then race for its final write: together they claim the budget exactly and one wins
+    the final write."""
     from mmbalance.bench.tune_study import BUDGET_KEY, StudyAttrs, join_budget, open_storage
     storage = open_storage(url)
     optuna.create_study(storage=storage, study_name="claims")
