@@ -49,6 +49,33 @@ def test_declared_spaces():
     assert nested({"seed": 1, "optim.lr": 0.1, "method.a": 2}) == {"seed": 1, "optim": {"lr": 0.1}, "method": {"a": 2}}
 
 
+def test_the_learning_rate_is_searched_a_decade_either_side_of_the_configured_one(tmp_path, monkeypatch):
+    """At Adam's default 1e-3 the range is 1e-4..1e-2; under the competition-sgd preset's SGD at
+    0.03 it is 3e-3..0.3 (not the Adam range, which would hold SGD below its chosen rate)."""
+    from mmbalance.methods.base import learning_rate_range
+    import mmbalance.bench.tune as tune_module
+    assert (learning_rate_range(1e-3).low, learning_rate_range(1e-3).high) == pytest.approx((1e-4, 1e-2))
+    assert (learning_rate_range(0.03).low, learning_rate_range(0.03).high) == pytest.approx((3e-3, 0.3))
+    with pytest.raises(ConfigError, match="optim.lr"):
+        learning_rate_range(0.0)
+    monkeypatch.setattr(tune_module, "_train", _instant_train)
+    for lr, low, high, name in ((None, 1e-4, 1e-2, "adam"), (0.03, 3e-3, 0.3, "sgd")):
+        base = {**TINY_BASE, **({} if lr is None else {"optim.name": "sgd", "optim.lr": lr, "optim.momentum": 0.9})}
+        tune("joint", "synthetic", base, 12, tmp_path / name, sampler_seed=0, pruner=None, progress_bar=False,
+             log=lambda line: None)
+        rates = [t.params["optim.lr"] for t in _trials(tmp_path / name)]
+        assert len(rates) == 12 and all(low <= r <= high for r in rates)
+        # the two ranges overlap only on [3e-3, 1e-2]: each panel draws outside the other's range
+        assert any(r < 3e-3 for r in rates) if name == "adam" else any(r > 1e-2 for r in rates)
+
+
+def _trials(out):
+    """Every trial of the one study stored in ``out/optuna.db``."""
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).trials
+
+
 def _tune_in_forked_process(argv, log_path):
     """A worker process forked from the test process (no second import of torch): runs the
     `mmbalance tune` command and leaves its output in ``log_path``."""

@@ -1,7 +1,7 @@
 """``mmbalance tune``: Optuna search over a method's declared search space.
 
-Each method declares what to tune next to its code (``Method.search_space(trial)``,
-dotted override keys); the objective is one training run's validation metric. The study
+Each method declares what to tune next to its code (``Method.search_space(trial, lr)``,
+dotted override keys; the learning rate is searched around the configured ``optim.lr``); the objective is one training run's validation metric. The study
 lives in SQLite by default (``OUT/optuna.db``); any SQLAlchemy URL (PostgreSQL) lets
 processes on several machines work on one study. The best configuration is written as
 ``OUT/<name>.yaml``, ready for ``mmbalance train --config``.
@@ -205,10 +205,11 @@ def _objective(cls, data_spec: str, base: Dict[str, Any], metric: str, trial_roo
     the Lightning pruning callback, is given)."""
     from ..config import build_config
     optuna = _optuna()
+    configured_lr = build_config(cls.name, data_spec, dict(base), cls.Hyperparameters).optim.lr  # the range's centre
 
     def objective(trial) -> float:
         ran.append(trial.number)  # first: the trial exists (it used this worker's claim), whatever follows
-        space = cls.search_space(trial)
+        space = cls.search_space(trial, configured_lr)
         trial.set_user_attr("overrides", space)
         cfg = build_config(cls.name, data_spec, {**base, **space}, cls.Hyperparameters)
         cfg.trainer.progress = False

@@ -30,8 +30,22 @@ INITS = ("scratch", "unimodal")
 #: learning rate one magnitude lower.
 ENCODER_LR_SCALE = 0.1
 
-#: The learning rate every method searches (``optim.lr``).
-LEARNING_RATE = log_uniform(1e-4, 1e-2)
+#: How far ``mmbalance tune`` searches the learning rate (``optim.lr``) on either side of the
+#: configured one: a factor of 10, log-uniform. At the default Adam rate 1e-3 that is 1e-4 to 1e-2;
+#: under SGD at 0.03 (the ``competition-sgd`` preset) 3e-3 to 0.3, so that a rate range chosen for
+#: one optimizer is not imposed on another.
+LR_SEARCH_FACTOR = 10.0
+
+
+def learning_rate_range(lr: float):
+    """The searched range of ``optim.lr`` around the configured rate ``lr``."""
+    if not lr > 0:
+        raise ConfigError(f"optim.lr must be positive to search around it, got {lr!r}")
+    return log_uniform(lr / LR_SEARCH_FACTOR, lr * LR_SEARCH_FACTOR)
+
+
+#: The learning rate every method searches at the default rate 1e-3.
+LEARNING_RATE = learning_rate_range(1e-3)
 
 #: What a method may require of its model (``Method.requires``): name -> (check, what is missing).
 REQUIREMENTS: Dict[str, tuple] = {
@@ -334,12 +348,13 @@ class Method(nn.Module):
         return {f.name: f.default for f in dataclasses.fields(cls.Hyperparameters)}
 
     @classmethod
-    def search_space(cls, trial: Any) -> Dict[str, Any]:
+    def search_space(cls, trial: Any, lr: float = 1e-3) -> Dict[str, Any]:
         """What ``mmbalance tune`` searches: an Optuna ``trial`` -> dotted override keys.
-        The learning rate (``optim.lr``), then every hyperparameter declared with
+        The learning rate (``optim.lr``, a factor of 10 either side of the configured rate
+        ``lr``: :func:`learning_rate_range`), then every hyperparameter declared with
         ``hparam(..., search=...)`` as ``method.<name>``. A method whose space is
-        conditional may override (``space = super().search_space(trial)``)."""
-        space = {"optim.lr": LEARNING_RATE.suggest(trial, "optim.lr")}
+        conditional may override (``space = super().search_space(trial, lr)``)."""
+        space = {"optim.lr": learning_rate_range(lr).suggest(trial, "optim.lr")}
         for name, search in searched(cls.Hyperparameters).items():
             space[f"method.{name}"] = search.suggest(trial, f"method.{name}")
         return space

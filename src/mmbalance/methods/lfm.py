@@ -130,9 +130,9 @@ class LFM(Method):
         held_out_size: int = 16  # Crema_epoch_learnable.py:217 randperm(num_samples)[:16]
 
     @classmethod
-    def search_space(cls, trial) -> Dict[str, Any]:
+    def search_space(cls, trial, lr: float = 1e-3) -> Dict[str, Any]:
         """The learning rate and ``weighting``; ``lr_alpha`` only when the weight is learned."""
-        space = super().search_space(trial)
+        space = super().search_space(trial, lr)
         if space["method.weighting"] == "learned":
             space["method.lr_alpha"] = LR_ALPHA.suggest(trial, "method.lr_alpha")
         return space
