@@ -80,6 +80,17 @@ def test_summary_tables_by_hand():
     assert "U1/S=0.125 (S=0.8, U1=0.1)" in text and "U1/S=8 (S=0.1, U1=0.8)" in text
 
 
+def test_every_method_is_paired_with_mcr_when_it_ran():
+    text = format_summary(table())
+    section = text.split("## Difference to MCR")[1].split("\n## ")[0].splitlines()
+    assert "| ensemble | -8.67 ± 5.74 * | +10.00 (n=1) |" in section  # -0.10, -0.10, -0.06; B: 0.40 - 0.30
+    assert "| joint | -19.00 ± 4.30 * | +15.00 (n=1) |" in section  # -0.20, -0.20, -0.17; B: 0.45 - 0.30
+    assert "| *ceiling − mcr* | +16.00 ± 12.91 * | +30.00 (n=1) |" in section  # 0.19, 0.10, 0.19: sd 0.0520
+    assert not any(line.startswith("| mcr |") for line in section)
+    without = format_summary(SweepTable.from_rows([r for r in ROWS if r["method"] != "mcr"], METHODS, CEILINGS))
+    assert "Difference to MCR" not in without and "`mcr` method has no runs" not in without
+
+
 def test_single_seed_tables_print_no_interval_and_no_best():
     text = format_summary(SweepTable.from_rows([r for r in ROWS if r["seed"] == "0"], METHODS, CEILINGS))
     rows = [line for line in text.splitlines() if line.startswith("|")]

@@ -35,6 +35,7 @@ from .stats import RANK_CAVEAT, Interval, PairedDifference, format_ci, headroom_
     paired_difference, ranks
 
 JOINT = "joint"
+MCR = "mcr"  # the library's own method: every other method is also paired with it
 Cell = tuple  # (shared, unique1) on the synthetic grid, (data_spec,) otherwise
 Ceilings = Mapping[Tuple[Cell, int], Mapping[str, float]]  # (cell, seed) -> {"both", "x1", "x2"}
 
@@ -194,6 +195,8 @@ def format_summary(table: SweepTable, preamble: str = "",
     lines += _headroom_section(table, heads)
     for ref, name in ((JOINT, "joint training"), (ENSEMBLE, "the Ensemble")):
         lines += _paired_section(table, heads, ref, name)
+    if MCR in table.values:  # where MCR wins, loses, or is not distinguishable from each method
+        lines += _paired_section(table, heads, MCR, "MCR")
     lines += ["## Rank per setting (1 = best mean test accuracy)", "", f"Caveat: {RANK_CAVEAT}.", ""]
     lines += _table(heads)
     rank = {c: table.ranks(c) for c in table.cells}
