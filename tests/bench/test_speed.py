@@ -77,6 +77,29 @@ def _encoder_calls(label):
     return calls
 
 
+def _changed(label):
+    """The modalities whose encoder weights one timed step changes, and whether reconboost's
+    boost rate moved."""
+    runner = speed.make_runner(TINY, speed.variant_by_label(label), torch.device("cpu"))
+    runner.step()  # the first step builds the lazy layers; the second is compared
+    model = runner.method.model
+    before = {m: [p.detach().clone() for p in enc.parameters()] for m, enc in model.encoders.items()}
+    rate = runner.method.boost_rate.detach().clone()
+    runner.step()
+    moved = {m for m, enc in model.encoders.items()
+             if any(not torch.equal(a, b) for a, b in zip(before[m], enc.parameters()))}
+    return moved, not torch.equal(rate, runner.method.boost_rate.detach())
+
+
+def test_reconboost_is_timed_in_each_phase():
+    """reconboost (epoch 0) boosts x1's learner alone; reconboost_phase2 (epoch 12, stage 1's
+    rectifying phase at 4 + 4 epochs a stage) trains both learners and the boost rate."""
+    assert speed.variant_by_label("reconboost_phase2").epoch == 12
+    assert "epoch=12" in speed.variant_by_label("reconboost_phase2").describe()
+    assert _changed("reconboost") == ({"x1"}, False)
+    assert _changed("reconboost_phase2") == ({"x1", "x2"}, True)
+
+
 def test_mcr_reencode_runs_the_encoders_twice_and_mcr_once():
     assert _encoder_calls("mcr_p32") == {"x1": 1, "x2": 1}
     assert _encoder_calls("mcr_reencode") == {"x1": 2, "x2": 2}
