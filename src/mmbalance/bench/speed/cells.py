@@ -219,8 +219,7 @@ class SpeedVariant:
     epoch: int = 0  # the epoch the method is told it is in (on_epoch_start) before its steps are timed
 
     def describe(self) -> str:
-        items = (list(self.hparams) + ([("chunk_size", self.chunk_size)] if self.chunk_size else [])
-                 + ([("epoch", self.epoch)] if self.epoch else []))
+        items = list(self.hparams) + [(k, v) for k, v in (("chunk_size", self.chunk_size), ("epoch", self.epoch)) if v]
         return ", ".join(f"{k}={v}" for k, v in items)
 
 
@@ -250,19 +249,15 @@ METHODS: Tuple[SpeedVariant, ...] = (
 #: Methods timed only when named (``--methods``): greedy needs encoders with stages (intermediate
 #: fusion), which the synthetic and MOSEI settings' encoders are not (a setting whose model does
 #: not meet a method's requirements skips it with one line, :func:`unmet`); mmcosine, mslr and
-#: pmr complete the methods table's cost column without lengthening every default run.
+#: pmr complete the methods table's cost column without lengthening every default run;
+#: reconboost_phase2 is ReconBoost's phase 2 (epoch 12: stage 1's first at 4 + 4 epochs a stage).
 BY_NAME: Tuple[SpeedVariant, ...] = (SpeedVariant("greedy", "greedy"), SpeedVariant("mmcosine", "mmcosine"),
                                      SpeedVariant("mslr", "mslr"), SpeedVariant("pmr", "pmr"),
-                                     # reconboost's rectifying phase 2 with both learners: epoch 12 is stage
-                                     # 1's first phase-2 epoch at the official 4 + 4 epochs a stage
                                      SpeedVariant("reconboost_phase2", "reconboost", epoch=12))
 #: Extra cells for ``cost_vs_permutations.png`` (timed with the table, in the same rounds).
 PERMUTATION_SWEEP: Tuple[SpeedVariant, ...] = (
-    _mcr("mcr_p128", 128),
-    _mcr("mcr_p128_chunk512", 128, chunk_size=512),
-    _mcr("mcr_input_noise_p1", 1, perturbation="input_noise"),
-    _mcr("mcr_input_noise_p2", 2, perturbation="input_noise"),
-)
+    _mcr("mcr_p128", 128), _mcr("mcr_p128_chunk512", 128, chunk_size=512),
+    *(_mcr(f"mcr_input_noise_p{p}", p, perturbation="input_noise") for p in (1, 2)))
 #: Cells of the M sweep: every subset vs singletons only (``max_subset_size=1``).
 MODALITY_VARIANTS: Tuple[SpeedVariant, ...] = (
     SpeedVariant("multiloss", "multiloss"),
@@ -332,7 +327,6 @@ def build_method(variant: SpeedVariant, model: MultimodalModel):
     return method
 
 
-
 def mipd_terms(variant: SpeedVariant, modalities: Sequence[str]) -> int:
     """Number of MIPD terms (subsets S) of an MCR variant, 0 for other methods."""
     if not variant.method.startswith("mcr"):
@@ -394,7 +388,7 @@ def make_runner(setting: Setting, variant: SpeedVariant, device: torch.device, p
     model.train()
     method = build_method(variant, model).to(device)
     method.train()
-    if variant.epoch:  # a method whose step depends on the epoch (reconboost's phases) is timed there
+    if variant.epoch:  # a step that depends on the epoch (reconboost's phases) is timed there
         method.on_epoch_start(variant.epoch)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
     return Runner(setting, variant, method, make_optimizer(method), make_batch(setting, device), device, dtype)
