@@ -1,10 +1,11 @@
 """``mmbalance tune``: Optuna search over a method's declared search space.
 
 Each method declares what to tune next to its code (``Method.search_space(trial, lr)``,
-dotted override keys; the learning rate is searched around the configured ``optim.lr``); the objective is one training run's validation metric. The study
-lives in SQLite by default (``OUT/optuna.db``); any SQLAlchemy URL (PostgreSQL) lets
-processes on several machines work on one study. The best configuration is written as
-``OUT/<name>.yaml``, ready for ``mmbalance train --config``.
+dotted override keys; the learning rate is searched around the configured ``optim.lr``);
+the objective is one training run's validation metric. The study lives in SQLite by
+default (``OUT/optuna.db``); any SQLAlchemy URL (PostgreSQL) lets processes on several
+machines work on one study. The best configuration is written as ``OUT/<name>.yaml``,
+ready for ``mmbalance train --config``.
 
 Budget: ``--trials N`` is the number of finished trials the *study* should hold, over
 all its workers (like Optuna's ``MaxTrialsCallback``; not ``n_trials``, which counts one

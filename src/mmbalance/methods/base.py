@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import OptimConfig
 from ..errors import ConfigError
 from ..models import MultimodalModel
 from ..models.multimodal import stagewise
@@ -35,6 +36,8 @@ ENCODER_LR_SCALE = 0.1
 #: under SGD at 0.03 (the ``competition-sgd`` preset) 3e-3 to 0.3, so that a rate range chosen for
 #: one optimizer is not imposed on another.
 LR_SEARCH_FACTOR = 10.0
+#: The configured rate a search centres on when none is given: the config's default ``optim.lr``.
+DEFAULT_LR = OptimConfig.lr
 
 
 def learning_rate_range(lr: float):
@@ -42,10 +45,6 @@ def learning_rate_range(lr: float):
     if not lr > 0:
         raise ConfigError(f"optim.lr must be positive to search around it, got {lr!r}")
     return log_uniform(lr / LR_SEARCH_FACTOR, lr * LR_SEARCH_FACTOR)
-
-
-#: The learning rate every method searches at the default rate 1e-3.
-LEARNING_RATE = learning_rate_range(1e-3)
 
 #: What a method may require of its model (``Method.requires``): name -> (check, what is missing).
 REQUIREMENTS: Dict[str, tuple] = {
@@ -348,7 +347,7 @@ class Method(nn.Module):
         return {f.name: f.default for f in dataclasses.fields(cls.Hyperparameters)}
 
     @classmethod
-    def search_space(cls, trial: Any, lr: float = 1e-3) -> Dict[str, Any]:
+    def search_space(cls, trial: Any, lr: float = DEFAULT_LR) -> Dict[str, Any]:
         """What ``mmbalance tune`` searches: an Optuna ``trial`` -> dotted override keys.
         The learning rate (``optim.lr``, a factor of 10 either side of the configured rate
         ``lr``: :func:`learning_rate_range`), then every hyperparameter declared with

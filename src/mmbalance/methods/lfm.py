@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..types import Batch, LossTerms, ModelOutput
-from .base import Method, register
+from .base import DEFAULT_LR, Method, register
 from .hparams import choice, hparam, log_uniform
 
 WEIGHTINGS = ("heuristic", "learned")
@@ -130,7 +130,7 @@ class LFM(Method):
         held_out_size: int = 16  # Crema_epoch_learnable.py:217 randperm(num_samples)[:16]
 
     @classmethod
-    def search_space(cls, trial, lr: float = 1e-3) -> Dict[str, Any]:
+    def search_space(cls, trial, lr: float = DEFAULT_LR) -> Dict[str, Any]:
         """The learning rate and ``weighting``; ``lr_alpha`` only when the weight is learned."""
         space = super().search_space(trial, lr)
         if space["method.weighting"] == "learned":

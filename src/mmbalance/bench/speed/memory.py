@@ -107,7 +107,7 @@ def _decode(line: str):
     setting = Setting(s["name"], s["title"], _tuples(s["modalities"]), _tuples(s["model_cfg"]), s["num_classes"],
                       s["batch"])
     v = req["variant"]
-    variant = SpeedVariant(v["label"], v["method"], _tuples(v["hparams"]), v["chunk_size"], v.get("epoch", 0))
+    variant = SpeedVariant(v["label"], v["method"], _tuples(v["hparams"]), v["chunk_size"], v["epoch"])
     return setting, variant, req["device"], req["precision"], req["steps"], req["threads"]
 
 
