@@ -28,8 +28,8 @@ def main(epochs: int = 5, seed: int = 0) -> float:
             loss = F.cross_entropy(out.logits, labels[batch]) + 0.1 * unimodal + reg.total
             loss.backward()
             opt.step()
-        terms = ", ".join(f"{k} {float(v):.4f}" for k, v in reg.terms.items())
-        print(f"epoch {epoch}: loss {float(loss):.3f} ({terms})")
+        terms = ", ".join(f"{k} {v.item():.4f}" for k, v in reg.terms.items())
+        print(f"epoch {epoch}: loss {loss.item():.3f} ({terms})")
     with torch.no_grad():
         accuracy = float((model({"audio": audio, "video": video}).logits.argmax(-1) == labels).float().mean())
     print(f"training accuracy {accuracy:.3f}")

@@ -115,7 +115,7 @@ def combined_backward(method, loss: LossTerms, grads: Mapping[nn.Parameter, Tens
 def raise_nonfinite(loss: LossTerms) -> None:
     """The default reaction to a non-finite loss: stop."""
     bad = [k for k, v in loss.terms.items() if not torch.isfinite(v)] or ["total"]
-    raise NonFiniteLossError(f"non-finite loss: term {bad[0]!r} is {float(loss.terms.get(bad[0], loss.total))}")
+    raise NonFiniteLossError(f"non-finite loss: term {bad[0]!r} is {loss.terms.get(bad[0], loss.total).item()}")
 
 
 def _sub_steps(method, batch: Batch, out, steps, optimizer, backward: Callable[..., None],
